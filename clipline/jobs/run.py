@@ -1,0 +1,65 @@
+"""Entrypoint for `ray job submit -- python -m clipline.jobs.run --config JOB.yaml`.
+
+Inside a Ray job, RAY_ADDRESS is set and `ray.init()` joins that cluster. The config is
+validated before Ray is touched, so a bad YAML fails in seconds with the field named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from clipline.operators.sink import TableMismatch
+from clipline.pipelines.embed import RunSummary, run_job
+from clipline.schemas.config import ConfigError, load_job_config
+
+
+def format_summary(summary: RunSummary) -> str:
+    """A plain-text table for the end of a run."""
+    lines = [
+        f"run {summary.run_id}",
+        f"  rows in        {summary.rows_in}",
+        f"  ok             {summary.ok}",
+        f"  failed         {summary.failed}"
+        + (
+            f"  ({', '.join(f'{k}: {v}' for k, v in sorted(summary.failed_by_code.items()))})" if summary.failed else ""
+        ),
+        "  decisions      " + ", ".join(f"{k}: {v}" for k, v in sorted(summary.decisions.items())),
+    ]
+    for category, actions in summary.flagged.items():
+        counts = ", ".join(f"{action}: {count}" for action, count in sorted(actions.items()))
+        lines.append(f"    {category:<12} {counts}")
+    if summary.labels:
+        lines.append("  labels         " + ", ".join(f"{k}: {v}" for k, v in sorted(summary.labels.items())))
+    lines += [
+        f"  wall time      {summary.wall_s:.1f} s ({summary.rows_per_s:.1f} rows/s)",
+        f"  table          {summary.table_uri} :: {summary.table} "
+        f"({summary.table_rows} rows, version {summary.table_version_before} → {summary.table_version_after})",
+    ]
+    return "\n".join(lines)
+
+
+def run_from_file(config_path: str, address: str | None, as_json: bool = False) -> int:
+    """Shared by `clipline run` and this module's entrypoint; returns a process exit code."""
+    try:
+        config = load_job_config(config_path)
+        summary = run_job(config, address=address)
+    except (ConfigError, TableMismatch) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary.to_dict(), indent=2) if as_json else format_summary(summary))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m clipline.jobs.run", description=__doc__)
+    parser.add_argument("--config", required=True, help="job YAML")
+    parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a local Ray)")
+    parser.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    args = parser.parse_args(argv)
+    return run_from_file(args.config, args.address, args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Arrow column helpers shared by the operators: batches are `pyarrow.Table`s end to end.
+
+Operators add or replace columns and never drop rows, so the one-row-in, one-row-out promise
+holds by construction; these helpers keep that bookkeeping in one place.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from clipline.schemas.table import STATUS_OK
+
+
+def set_column(table: pa.Table, name: str, values: pa.Array | pa.ChunkedArray | list) -> pa.Table:
+    """Add `name`, or replace it in place when it already exists."""
+    index = table.schema.get_field_index(name)
+    if index < 0:
+        return table.append_column(name, values)
+    return table.set_column(index, name, values)
+
+
+def column_or_nulls(table: pa.Table, name: str, type_: pa.DataType) -> pa.Array:
+    """A column as one array, or all nulls when the batch does not have it."""
+    if name not in table.column_names:
+        return pa.nulls(table.num_rows, type_)
+    return table.column(name).combine_chunks().cast(type_)
+
+
+def ok_mask(table: pa.Table) -> np.ndarray:
+    """Rows still in play: status ok (rows that failed earlier are carried, not processed)."""
+    status = table.column("status")
+    return pc.fill_null(pc.equal(status, STATUS_OK), False).to_numpy(zero_copy_only=False)
+
+
+def embedding_array(matrix: np.ndarray, present: np.ndarray, dim: int) -> pa.Array:
+    """Rows of `matrix` where `present`, null elsewhere, as a fixed-size float32 list column."""
+    full = np.zeros((len(present), dim), dtype=np.float32)
+    full[present] = matrix
+    values = pa.array(full.reshape(-1), type=pa.float32())
+    mask = None if present.all() else pa.array(~present)
+    return pa.FixedSizeListArray.from_arrays(values, dim, mask=mask)
+
+
+def embedding_matrix(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(the non-null vectors as an (n, D) float32 matrix, boolean mask of rows that had one)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    present = column.is_valid().to_numpy(zero_copy_only=False)
+    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return flat.reshape(-1, column.type.list_size), present

@@ -1,0 +1,84 @@
+"""CLIP image and text embeddings from one model loaded once per actor.
+
+Image rows are embedded from the decoder's uint8 pixels; text (captions or text-only rows) from
+the tokenizer. Both are L2-normalised so a dot product is a cosine; image–text pairs also get
+`clip_score`, the cosine between the two (DataComp's filtering signal).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from clipline.models.loader import ClipBundle, load_clip
+from clipline.models.zero_shot import encode_pixels, encode_texts
+from clipline.operators.columns import column_or_nulls, embedding_array, ok_mask, set_column
+from clipline.schemas.config import ModelConfig
+
+
+def torch_threads_for(cpus: float) -> int:
+    """One torch thread per CPU the actor reserved: more would fight the decode tasks for cores."""
+    return max(1, int(cpus))
+
+
+class EncodeClip:
+    """Adds `image_embedding`, `text_embedding` and `clip_score`; drops the `pixels` column."""
+
+    name = "encode"
+
+    def __init__(
+        self,
+        model: ModelConfig,
+        cpus: float = 1.0,
+        device: str | None = None,
+        storage_options: dict | None = None,
+    ) -> None:
+        self.model_config = model
+        self.cpus = cpus
+        self.device = device
+        self.storage_options = storage_options
+        self.bundle: ClipBundle | None = None
+
+    def setup(self) -> None:
+        """Load the model once; set torch threads to the CPUs this worker was given."""
+        torch.set_num_threads(torch_threads_for(self.cpus))
+        self.bundle = load_clip(self.model_config, self.device, self.storage_options)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.bundle is None:
+            raise RuntimeError("EncodeClip.setup() must run before the first batch")
+        dim = self.bundle.embed_dim
+        ok = ok_mask(batch)
+        image_rows = ok & column_or_nulls(batch, "pixels", pa.binary()).is_valid().to_numpy(zero_copy_only=False)
+        texts = column_or_nulls(batch, "text", pa.string())
+        text_rows = ok & pc.fill_null(pc.greater(pc.utf8_length(texts), 0), False).to_numpy(zero_copy_only=False)
+        image_vectors = encode_pixels(self.bundle, self._pixels(batch, image_rows))
+        text_vectors = encode_texts(self.bundle, [texts[i].as_py() for i in np.flatnonzero(text_rows)])
+        batch = set_column(batch, "image_embedding", embedding_array(image_vectors, image_rows, dim))
+        batch = set_column(batch, "text_embedding", embedding_array(text_vectors, text_rows, dim))
+        batch = set_column(batch, "clip_score", self._clip_scores(image_vectors, image_rows, text_vectors, text_rows))
+        return batch.drop_columns(["pixels"]) if "pixels" in batch.column_names else batch
+
+    def _pixels(self, batch: pa.Table, rows: np.ndarray) -> np.ndarray:
+        """Selected rows' pixel bytes as one (n, H, W, 3) uint8 array, without per-row copies."""
+        size = self.bundle.image_size
+        if not rows.any():
+            return np.zeros((0, size, size, 3), dtype=np.uint8)
+        chosen = batch.column("pixels").combine_chunks().filter(pa.array(rows))
+        raw = np.frombuffer(chosen.buffers()[1], dtype=np.uint8, offset=chosen.offset * size * size * 3)
+        return raw[: len(chosen) * size * size * 3].reshape(len(chosen), size, size, 3)
+
+    @staticmethod
+    def _clip_scores(
+        image_vectors: np.ndarray, image_rows: np.ndarray, text_vectors: np.ndarray, text_rows: np.ndarray
+    ) -> pa.Array:
+        """Image–text cosine for rows that have both, null elsewhere."""
+        scores = np.full(len(image_rows), np.nan, dtype=np.float32)
+        both = image_rows & text_rows
+        image_index = np.cumsum(image_rows) - 1
+        text_index = np.cumsum(text_rows) - 1
+        rows = np.flatnonzero(both)
+        scores[rows] = np.einsum("ij,ij->i", image_vectors[image_index[rows]], text_vectors[text_index[rows]])
+        return pa.array(scores, pa.float32(), mask=~both)

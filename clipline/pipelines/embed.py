@@ -1,0 +1,250 @@
+"""The main Ray Data plan: read → decode (CPU tasks) → encode + classify (actor pool) → LanceDB.
+
+Planning happens on the driver before any cluster work that costs: footers are read, columns
+checked, the table opened and its model checked. Rows stream back to the driver, which upserts
+them in large chunks (one Lance commit per chunk, not per batch) and tallies the run summary.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from clipline.models.loader import image_size_for, model_config_dict
+from clipline.operators.classify import ClassifyPolicy
+from clipline.operators.decode import DecodeImages
+from clipline.operators.encode import EncodeClip
+from clipline.operators.read import InputFile, ReadRowGroups, plan_input_files, read_tasks
+from clipline.operators.sink import LanceSink
+from clipline.schemas.config import ConfigError, JobConfig, ModelConfig, ResourcesConfig
+from clipline.schemas.policy import Policy, load_policy
+from clipline.schemas.table import STATUS_FAILED, STATUS_OK
+
+
+class RowsLost(RuntimeError):
+    """Fewer (or more) rows came out of the plan than went in: the run must not look successful."""
+
+
+@dataclass(frozen=True)
+class EncoderPlan:
+    """How many encoder actors, and what each one reserves."""
+
+    actors: int
+    cpus: float
+    gpus: float
+
+
+@dataclass
+class RunSummary:
+    """What a run did, in numbers a person reads at the end of the run."""
+
+    run_id: str
+    table_uri: str
+    table: str
+    rows_in: int = 0
+    rows_written: int = 0
+    ok: int = 0
+    failed: int = 0
+    failed_by_code: dict[str, int] = field(default_factory=dict)
+    decisions: dict[str, int] = field(default_factory=dict)
+    labels: dict[str, int] = field(default_factory=dict)
+    flagged: dict[str, dict[str, int]] = field(default_factory=dict)
+    table_rows: int = 0
+    table_version_before: int = 0
+    table_version_after: int = 0
+    wall_s: float = 0.0
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows_written / self.wall_s if self.wall_s else 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "rows_per_s": round(self.rows_per_s, 2)}
+
+
+class Tally:
+    """Counts per status, error code, decision and label, accumulated batch by batch."""
+
+    def __init__(self) -> None:
+        self.counters: dict[str, Counter] = {name: Counter() for name in ("status", "error_code", "decision")}
+        self.labels: Counter = Counter()
+        self.flagged: Counter = Counter()
+
+    def add(self, batch: pa.Table) -> None:
+        for name, counter in self.counters.items():
+            for item in pc.value_counts(batch.column(name)).to_pylist():
+                if item["values"] is not None:
+                    counter[item["values"]] += item["counts"]
+        self.labels.update(pc.list_flatten(batch.column("labels")).to_pylist())
+        reasons = pc.list_flatten(batch.column("reasons"))
+        self.flagged.update(
+            zip(
+                pc.struct_field(reasons, "category").to_pylist(),
+                pc.struct_field(reasons, "action").to_pylist(),
+                strict=True,
+            )
+        )
+
+    def fill(self, summary: RunSummary) -> None:
+        summary.ok = self.counters["status"][STATUS_OK]
+        summary.failed = self.counters["status"][STATUS_FAILED]
+        summary.failed_by_code = dict(self.counters["error_code"])
+        summary.decisions = dict(self.counters["decision"])
+        summary.labels = dict(self.labels)
+        for (category, action), count in sorted(self.flagged.items()):
+            summary.flagged.setdefault(category, {})[action] = count
+
+
+class EncodeClassifyActor:
+    """One actor = one model in memory; it encodes then scores, sharing the loaded model."""
+
+    def __init__(self, model: ModelConfig, policy: Policy, cpus: float, storage_options: dict) -> None:
+        self.encode = EncodeClip(model, cpus=cpus, storage_options=storage_options)
+        self.encode.setup()
+        self.classify = ClassifyPolicy(policy)
+        self.classify.setup(self.encode.bundle)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.classify(self.encode(batch))
+
+
+def new_run_id() -> str:
+    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+def plan_encoders(resources: ResourcesConfig, cluster: dict[str, float]) -> EncoderPlan:
+    """Size the actor pool from the cluster, always leaving CPUs for read/decode tasks.
+
+    On a 2-CPU machine this gives one 1-CPU encoder and one CPU for decoding; an actor pool
+    that reserved both CPUs would wait forever for blocks that no read task can produce.
+    """
+    cpus_total = float(cluster.get("CPU", 0))
+    gpus_total = float(cluster.get("GPU", 0))
+    gpus = resources.encoder_gpus if resources.encoder_gpus is not None else (1.0 if gpus_total else 0.0)
+    spare_cpus = cpus_total - resources.decode_cpus
+    if resources.encoders is not None:
+        actors = resources.encoders
+    elif gpus:
+        actors = max(1, int(gpus_total // gpus))
+    else:
+        actors = max(1, math.floor(spare_cpus / resources.encoder_cpus))
+    if actors * resources.encoder_cpus > spare_cpus:
+        raise ConfigError(
+            f"resources.encoders: {actors} encoder(s) x {resources.encoder_cpus} CPU leave no CPU for "
+            f"read/decode tasks ({resources.decode_cpus} CPU) on a cluster of {cpus_total:g} CPUs"
+        )
+    if gpus > gpus_total:
+        raise ConfigError(f"resources.encoder_gpus: {gpus} GPU per encoder, cluster has {gpus_total:g}")
+    return EncoderPlan(actors=actors, cpus=resources.encoder_cpus, gpus=gpus)
+
+
+def build_dataset(
+    config: JobConfig, files: list[InputFile], policy: Policy, encoders: EncoderPlan, storage_options: dict
+) -> ray.data.Dataset:
+    """The lazy plan; nothing runs until the driver iterates it."""
+    tasks = read_tasks(files)
+    blocks = [tasks.slice(i, 1) for i in range(tasks.num_rows)]
+    source, resources = config.source, config.resources
+    reader = ReadRowGroups(source.columns, source.keep_columns, storage_options)
+    decoder = DecodeImages(
+        image_size_for(config.model.arch), source.max_image_pixels, source.max_image_bytes, storage_options
+    )
+    return (
+        ray.data.from_arrow(blocks)
+        .map_batches(reader, batch_size=1, batch_format="pyarrow", num_cpus=resources.decode_cpus)
+        .map_batches(
+            decoder,
+            batch_size=resources.decode_batch_size,
+            batch_format="pyarrow",
+            num_cpus=resources.decode_cpus,
+            udf_modifying_row_count=False,
+        )
+        .map_batches(
+            EncodeClassifyActor,
+            fn_constructor_kwargs={
+                "model": config.model,
+                "policy": policy,
+                "cpus": encoders.cpus,
+                "storage_options": storage_options,
+            },
+            compute=ray.data.ActorPoolStrategy(size=encoders.actors),
+            batch_size=resources.batch_size,
+            batch_format="pyarrow",
+            num_cpus=encoders.cpus,
+            num_gpus=encoders.gpus,
+            udf_modifying_row_count=False,
+        )
+    )
+
+
+def chunks(batches: Iterator[pa.Table], rows_per_chunk: int) -> Iterator[pa.Table]:
+    """Regroup streamed batches into commit-sized tables."""
+    pending, size = [], 0
+    for batch in batches:
+        pending.append(batch)
+        size += batch.num_rows
+        if size >= rows_per_chunk:
+            yield pa.concat_tables(pending, promote_options="permissive")
+            pending, size = [], 0
+    if pending:
+        yield pa.concat_tables(pending, promote_options="permissive")
+
+
+def ensure_ray(address: str | None) -> None:
+    """Join the given cluster (or RAY_ADDRESS, as inside `ray job submit`), else start a local one."""
+    if not ray.is_initialized():
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
+
+
+def prepare(config: JobConfig, storage_options: dict | None = None) -> tuple[Policy, list[InputFile]]:
+    """Everything that can fail without a cluster: policy, model config, input footers."""
+    policy = load_policy(config.policy)
+    model_config_dict(config.model.arch)
+    files = plan_input_files(config.source.paths, config.source.columns, storage_options)
+    return policy, files
+
+
+def run_job(config: JobConfig, address: str | None = None) -> RunSummary:
+    """Validate, plan, run and commit; returns the summary or raises with a clear reason."""
+    started = time.perf_counter()
+    storage_options: dict = {}
+    policy, files = prepare(config, storage_options)
+    run_id = config.run_id or new_run_id()
+    summary = RunSummary(run_id=run_id, table_uri=config.sink.uri, table=config.sink.table)
+    summary.rows_in = sum(file.num_rows for file in files)
+    sink = LanceSink(
+        config.sink.uri,
+        config.sink.table,
+        embedding_dim=int(model_config_dict(config.model.arch)["embed_dim"]),
+        model=config.model,
+        run_id=run_id,
+        storage_options=storage_options,
+    )
+    sink.setup()
+    summary.table_version_before = sink.version
+    ensure_ray(address)
+    encoders = plan_encoders(config.resources, ray.cluster_resources())
+    dataset = build_dataset(config, files, policy, encoders, storage_options)
+    tally = Tally()
+    received = 0
+    batches = dataset.iter_batches(batch_size=None, batch_format="pyarrow")
+    for chunk in chunks(batches, config.sink.commit_rows):
+        received += chunk.num_rows
+        tally.add(chunk)
+        summary.rows_written += sink.write(chunk)
+    if received != summary.rows_in:
+        raise RowsLost(f"{summary.rows_in} rows read from the input but {received} came out of the plan")
+    tally.fill(summary)
+    summary.table_rows = sink.count_rows()
+    summary.table_version_after = sink.version
+    summary.wall_s = time.perf_counter() - started
+    return summary

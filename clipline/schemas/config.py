@@ -1,0 +1,183 @@
+"""Job configuration: everything a run needs, validated before any cluster work starts.
+
+A scheduled `ray job submit` that fails after the cluster spun up wastes money and hides the
+real mistake in worker logs, so every field is checked here, unknown keys are rejected, and
+errors name the dotted path of the offending field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+TINY_ARCH = "clipline-tiny"
+RANDOM_WEIGHTS = "none"
+
+
+class StrictModel(BaseModel):
+    """Base for config sections: a misspelt key is an error, not a silently ignored setting."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnsConfig(StrictModel):
+    """Names of the input parquet columns; any of them may be absent from a given file."""
+
+    id: str = "id"
+    image: str = "image"
+    image_uri: str = "image_uri"
+    text: str = "text"
+
+
+class SourceConfig(StrictModel):
+    """Where input parquet lives and how rows are read from it."""
+
+    paths: list[str] = Field(min_length=1, description="Parquet files or directories, local or s3://")
+    columns: ColumnsConfig = ColumnsConfig()
+    keep_columns: list[str] = Field(
+        default_factory=list, description="Extra input columns copied into the row's `metadata` JSON"
+    )
+    max_image_pixels: int = Field(
+        default=64_000_000, gt=0, description="Images declaring more pixels are refused before decode"
+    )
+    max_image_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+
+    @field_validator("paths", mode="before")
+    @classmethod
+    def _one_path_is_a_list(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+
+class ModelConfig(StrictModel):
+    """Which open_clip model to load and from where.
+
+    Exactly one weight source: a hub `pretrained` tag, a `checkpoint` file (local or s3://), or
+    `pretrained: none` for random weights (benchmarks). The bundled tiny model needs neither.
+    """
+
+    arch: str = TINY_ARCH
+    pretrained: str | None = None
+    checkpoint: str | None = None
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    cache_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _one_weight_source(self) -> ModelConfig:
+        if self.pretrained and self.checkpoint:
+            raise ValueError("set model.pretrained or model.checkpoint, not both")
+        if self.arch != TINY_ARCH and not (self.pretrained or self.checkpoint):
+            raise ValueError(
+                f"model.pretrained: arch {self.arch!r} needs a pretrained tag, a checkpoint, "
+                f"or pretrained: {RANDOM_WEIGHTS!r} for random weights"
+            )
+        return self
+
+    @property
+    def weights_label(self) -> str:
+        """What lands in the table's `pretrained` column: where the weights came from."""
+        if self.checkpoint:
+            return self.checkpoint
+        return self.pretrained or "bundled"
+
+
+class ResourcesConfig(StrictModel):
+    """How the work is spread over the cluster.
+
+    `encoders: null` sizes the actor pool from the cluster, always leaving CPUs for the read and
+    decode tasks: an actor pool holding every CPU starves them and the run never progresses.
+    """
+
+    batch_size: int = Field(default=64, gt=0, description="Rows per encoder batch")
+    decode_batch_size: int = Field(default=64, gt=0)
+    encoders: int | None = Field(default=None, gt=0, description="Encoder actors; null = from cluster")
+    encoder_cpus: float = Field(default=1.0, gt=0)
+    encoder_gpus: float | None = Field(default=None, ge=0, description="GPUs per encoder; null = 1 if any")
+    decode_cpus: float = Field(default=1.0, gt=0)
+
+
+class SinkConfig(StrictModel):
+    """The LanceDB database and table every row lands in."""
+
+    uri: str
+    table: str = "media"
+    commit_rows: int = Field(default=20_000, gt=0, description="Rows per merge_insert commit")
+
+
+class JobConfig(StrictModel):
+    """A whole run: source → model → policy → sink."""
+
+    source: SourceConfig
+    model: ModelConfig = ModelConfig()
+    policy: str = Field(description="Path to the policy YAML")
+    sink: SinkConfig
+    resources: ResourcesConfig = ResourcesConfig()
+    run_id: str | None = None
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the person who wrote the YAML."""
+
+
+def format_validation_error(error: ValidationError, where: str) -> str:
+    """Turn pydantic's error list into lines that start with the dotted field path."""
+    lines = [f"invalid {where}:"]
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"  {field}: {message}")
+    return "\n".join(lines)
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping, failing with the file name when it is missing or not a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level")
+    return data
+
+
+def _resolve_local(value: str, base: Path) -> str:
+    """Make a relative local path relative to the config file, leaving URLs alone."""
+    if "://" in value or Path(value).is_absolute():
+        return value
+    return str((base / value).resolve())
+
+
+def resolve_relative_paths(data: dict, base: Path) -> dict:
+    """Paths in a job YAML are relative to the YAML itself, so a config can travel with its data."""
+    data = dict(data)
+    if isinstance(data.get("policy"), str):
+        data["policy"] = _resolve_local(data["policy"], base)
+    source = data.get("source")
+    if isinstance(source, dict):
+        paths = source.get("paths")
+        if isinstance(paths, str):
+            paths = [paths]
+        if isinstance(paths, list):
+            data["source"] = {**source, "paths": [_resolve_local(p, base) for p in paths]}
+    sink = data.get("sink")
+    if isinstance(sink, dict) and isinstance(sink.get("uri"), str):
+        data["sink"] = {**sink, "uri": _resolve_local(sink["uri"], base)}
+    model = data.get("model")
+    if isinstance(model, dict) and isinstance(model.get("checkpoint"), str):
+        data["model"] = {**model, "checkpoint": _resolve_local(model["checkpoint"], base)}
+    return data
+
+
+def load_job_config(path: str | Path) -> JobConfig:
+    """Parse and validate a job YAML; raises ConfigError naming each bad field."""
+    path = Path(path)
+    data = resolve_relative_paths(read_yaml(path), path.parent.resolve())
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, f"job config {path}")) from exc

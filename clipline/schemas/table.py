@@ -1,0 +1,94 @@
+"""The output table: one Arrow schema for every row clipline writes, defined here and nowhere else.
+
+Every input row becomes exactly one row of this schema, whether it succeeded or failed, so a
+consumer can always account for its inputs. Table metadata pins the model and embedding
+dimension: vectors from a different model in the same column would make search meaningless.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import pyarrow as pa
+
+from clipline.schemas.config import ModelConfig
+
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+DECISIONS = ("allow", "review", "block")
+
+META_MODEL = b"clipline.model"
+META_PRETRAINED = b"clipline.pretrained"
+META_DIM = b"clipline.embedding_dim"
+META_MODEL_CONFIG = b"clipline.model_config"
+META_SCHEMA_VERSION = b"clipline.schema_version"
+SCHEMA_VERSION = "1"
+
+
+class ErrorCode(str, Enum):
+    """Why a row failed; stable strings that users filter on."""
+
+    MISSING_CONTENT = "missing_content"
+    IMAGE_TOO_LARGE = "image_too_large"
+    IMAGE_DECODE_FAILED = "image_decode_failed"
+    URI_NOT_FOUND = "uri_not_found"
+    URI_UNREADABLE = "uri_unreadable"
+    ENCODE_FAILED = "encode_failed"
+
+
+SCORE_TYPE = pa.struct([("category", pa.string()), ("score", pa.float32())])
+REASON_TYPE = pa.struct(
+    [
+        ("category", pa.string()),
+        ("action", pa.string()),
+        ("score", pa.float32()),
+        ("threshold", pa.float32()),
+        ("margin", pa.float32()),
+    ]
+)
+
+
+def embedding_type(dim: int) -> pa.DataType:
+    """Fixed-size float32 vectors: the layout LanceDB indexes for vector search."""
+    return pa.list_(pa.float32(), dim)
+
+
+def output_schema(embedding_dim: int, model: ModelConfig) -> pa.Schema:
+    """The table schema, with the model recorded in the metadata (enough to rebuild it for queries)."""
+    fields = [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("content_sha256", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("text", pa.string()),
+        pa.field("image_uri", pa.string()),
+        pa.field("metadata", pa.string()),
+        pa.field("image_embedding", embedding_type(embedding_dim)),
+        pa.field("text_embedding", embedding_type(embedding_dim)),
+        pa.field("clip_score", pa.float32()),
+        pa.field("scores", pa.list_(SCORE_TYPE)),
+        pa.field("labels", pa.list_(pa.string())),
+        pa.field("decision", pa.string()),
+        pa.field("reasons", pa.list_(REASON_TYPE)),
+        pa.field("dup_of", pa.string()),
+        pa.field("dup_cluster", pa.string()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error_code", pa.string()),
+        pa.field("error_message", pa.string()),
+        pa.field("model", pa.string()),
+        pa.field("pretrained", pa.string()),
+        pa.field("policy_version", pa.string()),
+        pa.field("policy_hash", pa.string()),
+        pa.field("run_id", pa.string()),
+        pa.field("processed_at", pa.timestamp("us", tz="UTC")),
+    ]
+    metadata = {
+        META_MODEL: model.arch.encode(),
+        META_PRETRAINED: model.weights_label.encode(),
+        META_MODEL_CONFIG: model.model_dump_json(exclude={"cache_dir"}).encode(),
+        META_DIM: str(embedding_dim).encode(),
+        META_SCHEMA_VERSION: SCHEMA_VERSION.encode(),
+    }
+    return pa.schema(fields, metadata=metadata)
+
+
+OUTPUT_COLUMNS = tuple(output_schema(1, ModelConfig()).names)
