@@ -84,6 +84,8 @@ def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
         raise RowFailure(ErrorCode.IMAGE_TOO_LARGE, f"declared size too large: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise RowFailure(ErrorCode.IMAGE_DECODE_FAILED, "not a recognised image format") from exc
+    except Exception as exc:  # a header cut short or corrupt fails inside open() already
+        raise RowFailure(ErrorCode.IMAGE_DECODE_FAILED, f"{type(exc).__name__}: {exc}") from exc
     width, height = image.size
     if width * height > max_pixels:
         raise RowFailure(

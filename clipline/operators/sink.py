@@ -30,6 +30,14 @@ def last_row_per_id(batch: pa.Table) -> pa.Table:
     return batch if len(keep) == len(ids) else batch.take(pa.array(keep))
 
 
+def open_existing_table(db: lancedb.DBConnection, name: str) -> lancedb.table.Table | None:
+    """The table if it exists, else None (LanceDB signals a missing table with ValueError)."""
+    try:
+        return db.open_table(name)
+    except ValueError:
+        return None
+
+
 def check_table_model(existing: pa.Schema, wanted: pa.Schema, table: str) -> None:
     """Refuse to mix embeddings: say which of model, weights or dimension differs."""
     have, want = existing.metadata or {}, wanted.metadata or {}
@@ -71,12 +79,10 @@ class LanceSink:
     def setup(self) -> None:
         """Open or create the table; refuse one written by another model."""
         db = lancedb.connect(self.uri, storage_options=self.storage_options or None)
-        if db.table_exists(self.table_name):
-            self.table = db.open_table(self.table_name)
-            check_table_model(self.table.schema, self.schema, self.table_name)
-        else:
-            self.table = db.create_table(self.table_name, schema=self.schema, exist_ok=True)
-            check_table_model(self.table.schema, self.schema, self.table_name)
+        self.table = open_existing_table(db, self.table_name) or db.create_table(
+            self.table_name, schema=self.schema, exist_ok=True
+        )
+        check_table_model(self.table.schema, self.schema, self.table_name)
 
     def conform(self, batch: pa.Table) -> pa.Table:
         """Select and cast to the output schema; stamp provenance; fill absent columns with nulls."""
@@ -98,7 +104,10 @@ class LanceSink:
         if batch.num_rows == 0:
             return 0
         rows = last_row_per_id(self.conform(batch))
-        (self.table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(rows))
+        # Null vectors are legitimate (text-only rows have no image embedding); LanceDB's
+        # default treats them as malformed, so tell it to keep them as nulls.
+        upsert = self.table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
+        upsert.execute(rows, on_bad_vectors="null")
         return rows.num_rows
 
     def count_rows(self, where: str | None = None) -> int:

@@ -181,6 +181,10 @@ def build_dataset(
             batch_format="pyarrow",
             num_cpus=encoders.cpus,
             num_gpus=encoders.gpus,
+            # The memory reservation also differs from the decode tasks' resources, which keeps
+            # Ray Data from fusing decode into the actor: fused, decode and encode would take
+            # turns on one CPU instead of overlapping on two.
+            memory=resources.encoder_memory_gb * 1024**3,
             udf_modifying_row_count=False,
         )
     )

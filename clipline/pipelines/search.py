@@ -11,6 +11,7 @@ import pyarrow as pa
 
 from clipline.models.loader import ClipBundle, load_clip
 from clipline.models.zero_shot import encode_texts
+from clipline.operators.sink import open_existing_table
 from clipline.schemas.config import ModelConfig
 from clipline.schemas.table import META_MODEL_CONFIG
 
@@ -19,9 +20,10 @@ RESULT_COLUMNS = ["id", "source", "text", "image_uri", "decision", "labels", "st
 
 def open_table(uri: str, table: str, storage_options: dict | None = None) -> lancedb.table.Table:
     db = lancedb.connect(uri, storage_options=storage_options or None)
-    if not db.table_exists(table):
+    found = open_existing_table(db, table)
+    if found is None:
         raise ValueError(f"no table {table!r} in {uri}")
-    return db.open_table(table)
+    return found
 
 
 def table_model(table: lancedb.table.Table) -> ModelConfig:

@@ -96,6 +96,11 @@ class ResourcesConfig(StrictModel):
     encoder_cpus: float = Field(default=1.0, gt=0)
     encoder_gpus: float | None = Field(default=None, ge=0, description="GPUs per encoder; null = 1 if any")
     decode_cpus: float = Field(default=1.0, gt=0)
+    encoder_memory_gb: float = Field(
+        default=1.0,
+        gt=0,
+        description="RAM reserved per encoder for its model, so actors are never packed beyond memory",
+    )
 
 
 class SinkConfig(StrictModel):

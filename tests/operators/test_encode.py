@@ -1,0 +1,73 @@
+"""Encoder alone (no Ray): the uint8 pixel path equals open_clip's own preprocessing path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from clipline.models.zero_shot import encode_images
+from clipline.operators.decode import DecodeImages
+from clipline.operators.encode import EncodeClip, torch_threads_for
+from clipline.schemas.config import ModelConfig
+from tests.operators.images import asymmetric, encode
+
+
+@pytest.fixture(scope="module")
+def encoder() -> EncodeClip:
+    torch.manual_seed(0)
+    operator = EncodeClip(ModelConfig(pretrained="none"), cpus=1)
+    operator.setup()
+    return operator
+
+
+def decoded_batch(images, texts) -> pa.Table:
+    batch = pa.table(
+        {
+            "image": [encode(image, "PNG") if image else None for image in images],
+            "text": texts,
+            "source": [f"f#{i}" for i in range(len(texts))],
+        }
+    )
+    return DecodeImages(image_size=64, max_pixels=10**8, max_bytes=10**8)(batch)
+
+
+def test_threads_follow_reserved_cpus():
+    assert torch_threads_for(0.5) == 1
+    assert torch_threads_for(1) == 1
+    assert torch_threads_for(4) == 4
+
+
+def test_pixel_path_matches_open_clip_preprocess(encoder):
+    images = [asymmetric((200, 120)), asymmetric((90, 150)).rotate(30)]
+    out = encoder(decoded_batch(images, [None, None]))
+    ours = np.array(out.column("image_embedding").to_pylist(), dtype=np.float32)
+    reference = encode_images(encoder.bundle, images)
+    cosines = (ours * reference).sum(axis=1)
+    assert (cosines > 0.999).all(), cosines
+
+
+def test_embeddings_are_normalised_and_placed_per_row(encoder):
+    images = [asymmetric(), None, asymmetric((64, 64)), None]
+    texts = ["a red star", "text only", None, ""]
+    out = encoder(decoded_batch(images, texts))
+    assert out.num_rows == 4
+    assert "pixels" not in out.column_names
+    image_vectors = out.column("image_embedding").to_pylist()
+    text_vectors = out.column("text_embedding").to_pylist()
+    assert [v is not None for v in image_vectors] == [True, False, True, False]
+    assert [v is not None for v in text_vectors] == [True, True, False, False]
+    for vector in [v for v in image_vectors + text_vectors if v is not None]:
+        assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-4)
+    scores = out.column("clip_score").to_pylist()
+    assert scores[1:] == [None, None, None]
+    assert scores[0] == pytest.approx(float(np.dot(image_vectors[0], text_vectors[0])), abs=1e-5)
+
+
+def test_failed_rows_are_not_encoded(encoder):
+    batch = decoded_batch([None], [None])
+    out = encoder(batch)
+    assert out.column("status").to_pylist() == ["failed"]
+    assert out.column("image_embedding").null_count == 1
+    assert out.column("text_embedding").null_count == 1
