@@ -70,6 +70,20 @@ def image_size_for(arch: str) -> int:
     return int(size[0] if isinstance(size, list | tuple) else size)
 
 
+def check_weights_source(config: ModelConfig) -> None:
+    """Catch a misspelt hub tag or a missing local checkpoint on the driver, before any actor loads.
+
+    The hub itself is not contacted: open_clip's pretrained registry is local data.
+    """
+    model_config_dict(config.arch)
+    if config.pretrained and config.pretrained != RANDOM_WEIGHTS and not config.arch.startswith("hf-hub:"):
+        tags = open_clip.list_pretrained_tags_by_model(config.arch)
+        if config.pretrained not in tags:
+            raise ValueError(f"model.pretrained: {config.pretrained!r} is not a tag of {config.arch} (tags: {tags})")
+    if config.checkpoint and "://" not in config.checkpoint and not Path(config.checkpoint).is_file():
+        raise ValueError(f"model.checkpoint: no such file {config.checkpoint}")
+
+
 def fetch_checkpoint(uri: str, cache_dir: Path, storage_options: dict | None = None) -> Path:
     """Return a local path for a checkpoint, downloading remote ones once into the cache.
 

@@ -8,6 +8,7 @@ them in large chunks (one Lance commit per chunk, not per batch) and tallies the
 from __future__ import annotations
 
 import math
+import os
 import time
 import uuid
 from collections import Counter
@@ -19,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from clipline.models.loader import image_size_for, model_config_dict
+from clipline.models.loader import check_weights_source, image_size_for, model_config_dict
 from clipline.operators.classify import ClassifyPolicy
 from clipline.operators.decode import DecodeImages
 from clipline.operators.encode import EncodeClip
@@ -204,15 +205,26 @@ def chunks(batches: Iterator[pa.Table], rows_per_chunk: int) -> Iterator[pa.Tabl
 
 
 def ensure_ray(address: str | None) -> None:
-    """Join the given cluster (or RAY_ADDRESS, as inside `ray job submit`), else start a local one."""
-    if not ray.is_initialized():
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
+    """Join the given cluster (or RAY_ADDRESS, as inside `ray job submit`), else start a local one.
+
+    A local Ray started here serves only this process, so it listens on loopback, not on the
+    machine's network interfaces.
+    """
+    if ray.is_initialized():
+        return
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address)
+    else:
+        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False)
 
 
 def prepare(config: JobConfig, storage_options: dict | None = None) -> tuple[Policy, list[InputFile]]:
     """Everything that can fail without a cluster: policy, model config, input footers."""
     policy = load_policy(config.policy)
-    model_config_dict(config.model.arch)
+    try:
+        check_weights_source(config.model)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     files = plan_input_files(config.source.paths, config.source.columns, storage_options)
     return policy, files
 

@@ -24,7 +24,7 @@ def test_gpus_are_used_when_present():
 
 
 def test_a_pool_that_would_starve_reads_is_refused():
-    with pytest.raises(ConfigError, match="resources.encoders"):
+    with pytest.raises(ConfigError, match=r"resources\.encoders"):
         plan_encoders(ResourcesConfig(encoders=2), {"CPU": 2.0})
-    with pytest.raises(ConfigError, match="resources.encoder_gpus"):
+    with pytest.raises(ConfigError, match=r"resources\.encoder_gpus"):
         plan_encoders(ResourcesConfig(encoder_gpus=1), {"CPU": 4.0})
