@@ -12,7 +12,8 @@ import sys
 
 from clipline.operators.sink import TableMismatch
 from clipline.pipelines.embed import RunSummary, run_job
-from clipline.schemas.config import ConfigError, load_job_config
+from clipline.schemas.base import ConfigError
+from clipline.schemas.config import load_job_config
 
 
 def format_summary(summary: RunSummary) -> str:

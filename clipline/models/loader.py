@@ -18,6 +18,7 @@ import open_clip
 import torch
 
 from clipline.schemas.config import RANDOM_WEIGHTS, TINY_ARCH, ModelConfig
+from clipline.schemas.storage import StorageConfig
 
 TINY_DIR = Path(__file__).parent / "tiny"
 TINY_WEIGHTS = TINY_DIR / f"{TINY_ARCH}.safetensors"
@@ -84,7 +85,7 @@ def check_weights_source(config: ModelConfig) -> None:
         raise ValueError(f"model.checkpoint: no such file {config.checkpoint}")
 
 
-def fetch_checkpoint(uri: str, cache_dir: Path, storage_options: dict | None = None) -> Path:
+def fetch_checkpoint(uri: str, cache_dir: Path, storage: StorageConfig) -> Path:
     """Return a local path for a checkpoint, downloading remote ones once into the cache.
 
     The cache key hashes the URI, so two checkpoints with the same file name never collide.
@@ -99,18 +100,18 @@ def fetch_checkpoint(uri: str, cache_dir: Path, storage_options: dict | None = N
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(target.suffix + ".partial")
-        with fsspec.open(uri, "rb", **(storage_options or {})) as src, open(partial, "wb") as dst:
+        with fsspec.open(uri, "rb", **storage.fsspec_options(uri)) as src, open(partial, "wb") as dst:
             while chunk := src.read(8 * 1024 * 1024):
                 dst.write(chunk)
         partial.rename(target)
     return target
 
 
-def weights_argument(config: ModelConfig, storage_options: dict | None = None) -> str | None:
+def weights_argument(config: ModelConfig, storage: StorageConfig | None = None) -> str | None:
     """What to pass as open_clip's `pretrained`: a hub tag, a local file path, or None (random)."""
     if config.checkpoint:
         cache_dir = Path(config.cache_dir) if config.cache_dir else DEFAULT_CACHE
-        return str(fetch_checkpoint(config.checkpoint, cache_dir, storage_options))
+        return str(fetch_checkpoint(config.checkpoint, cache_dir, storage or StorageConfig()))
     if config.pretrained == RANDOM_WEIGHTS:
         return None
     if config.pretrained:
@@ -131,13 +132,13 @@ def autocast_dtype_for(precision: str, device: torch.device) -> torch.dtype | No
     return None
 
 
-def load_clip(config: ModelConfig, device: str | None = None, storage_options: dict | None = None) -> ClipBundle:
+def load_clip(config: ModelConfig, device: str | None = None, storage: StorageConfig | None = None) -> ClipBundle:
     """Build the model once (per actor) in eval mode with its eval transform and tokenizer."""
     model_config_dict(config.arch)
     target = pick_device(device)
     model, _, preprocess = open_clip.create_model_and_transforms(
         config.arch,
-        pretrained=weights_argument(config, storage_options),
+        pretrained=weights_argument(config, storage),
         device=target,
         cache_dir=config.cache_dir,
     )

@@ -18,6 +18,7 @@ import pyarrow as pa
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from clipline.operators.columns import column_or_nulls, set_column
+from clipline.schemas.storage import StorageConfig
 from clipline.schemas.table import STATUS_FAILED, STATUS_OK, ErrorCode
 
 SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
@@ -108,11 +109,11 @@ def decode_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
         raise RowFailure(ErrorCode.IMAGE_DECODE_FAILED, f"{type(exc).__name__}: {exc}") from exc
 
 
-def fetch_bytes(uri: str, max_bytes: int, storage_options: dict) -> bytes:
+def fetch_bytes(uri: str, max_bytes: int, storage: StorageConfig) -> bytes:
     """Read an `image_uri` object (local path or any fsspec URL), size-checked first."""
     shown = redact_uri(uri)
     try:
-        fs, path = fsspec.core.url_to_fs(uri, **storage_options)
+        fs, path = fsspec.core.url_to_fs(uri, **storage.fsspec_options(uri))
         size = fs.size(path)
         if size is not None and size > max_bytes:
             raise RowFailure(ErrorCode.IMAGE_TOO_LARGE, f"{shown} is {size} bytes, over {max_bytes}")
@@ -143,11 +144,11 @@ class DecodeImages:
 
     name = "decode"
 
-    def __init__(self, image_size: int, max_pixels: int, max_bytes: int, storage_options: dict | None = None) -> None:
+    def __init__(self, image_size: int, max_pixels: int, max_bytes: int, storage: StorageConfig | None = None) -> None:
         self.image_size = image_size
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes
-        self.storage_options = storage_options or {}
+        self.storage = storage or StorageConfig()
 
     def setup(self) -> None:
         """Nothing to load: decoding is stateless."""
@@ -184,7 +185,7 @@ class DecodeImages:
         data = image
         try:
             if data is None and uri:
-                data = fetch_bytes(uri, self.max_bytes, self.storage_options)
+                data = fetch_bytes(uri, self.max_bytes, self.storage)
             if data is None:
                 if not text:
                     raise RowFailure(ErrorCode.MISSING_CONTENT, "row has no image, no image_uri and no text")

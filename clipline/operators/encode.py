@@ -16,6 +16,7 @@ from clipline.models.loader import ClipBundle, load_clip
 from clipline.models.zero_shot import encode_pixels, encode_texts
 from clipline.operators.columns import column_or_nulls, embedding_array, ok_mask, set_column
 from clipline.schemas.config import ModelConfig
+from clipline.schemas.storage import StorageConfig
 
 
 def torch_threads_for(cpus: float) -> int:
@@ -33,18 +34,18 @@ class EncodeClip:
         model: ModelConfig,
         cpus: float = 1.0,
         device: str | None = None,
-        storage_options: dict | None = None,
+        storage: StorageConfig | None = None,
     ) -> None:
         self.model_config = model
         self.cpus = cpus
         self.device = device
-        self.storage_options = storage_options
+        self.storage = storage or StorageConfig()
         self.bundle: ClipBundle | None = None
 
     def setup(self) -> None:
         """Load the model once; set torch threads to the CPUs this worker was given."""
         torch.set_num_threads(torch_threads_for(self.cpus))
-        self.bundle = load_clip(self.model_config, self.device, self.storage_options)
+        self.bundle = load_clip(self.model_config, self.device, self.storage)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.bundle is None:

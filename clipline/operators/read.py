@@ -14,7 +14,9 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clipline.schemas.config import ColumnsConfig, ConfigError
+from clipline.schemas.base import ConfigError
+from clipline.schemas.config import ColumnsConfig
+from clipline.schemas.storage import StorageConfig
 
 ROW_COLUMNS = {"id": pa.string(), "image": pa.binary(), "image_uri": pa.string(), "text": pa.string()}
 TASK_SCHEMA = pa.schema([("path", pa.string()), ("row_group", pa.int32()), ("first_row", pa.int64())])
@@ -38,11 +40,11 @@ def _with_protocol(fs: fsspec.AbstractFileSystem, path: str, original: str) -> s
     return path if "://" not in original else fs.unstrip_protocol(path)
 
 
-def list_parquet_files(paths: list[str], storage_options: dict | None = None) -> list[tuple[str, int]]:
+def list_parquet_files(paths: list[str], storage: StorageConfig) -> list[tuple[str, int]]:
     """Expand files and directories (recursively) into (parquet file, size) pairs, sorted."""
     found: dict[str, int] = {}
     for original in paths:
-        fs, root = fsspec.core.url_to_fs(original, **(storage_options or {}))
+        fs, root = fsspec.core.url_to_fs(original, **storage.fsspec_options(original))
         if not fs.exists(root):
             raise ConfigError(f"source.paths: {original} does not exist")
         if fs.isdir(root):
@@ -78,11 +80,11 @@ def _check_columns(path: str, schema: pa.Schema, columns: ColumnsConfig) -> None
             raise ConfigError(f"{path}: column {name!r} ({role}) has type {actual}, expected {expected}")
 
 
-def plan_input_files(paths: list[str], columns: ColumnsConfig, storage_options: dict | None = None) -> list[InputFile]:
+def plan_input_files(paths: list[str], columns: ColumnsConfig, storage: StorageConfig) -> list[InputFile]:
     """Read every footer once: row-group sizes for splitting work and schemas for early checks."""
     planned = []
-    for path, size in list_parquet_files(paths, storage_options):
-        with fsspec.open(path, "rb", **(storage_options or {})) as handle:
+    for path, size in list_parquet_files(paths, storage):
+        with fsspec.open(path, "rb", **storage.fsspec_options(path)) as handle:
             metadata = pq.ParquetFile(handle).metadata
             _check_columns(path, metadata.schema.to_arrow_schema(), columns)
             groups = tuple(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups))
@@ -108,10 +110,10 @@ class ReadRowGroups:
 
     name = "read"
 
-    def __init__(self, columns: ColumnsConfig, keep_columns: list[str], storage_options: dict | None = None) -> None:
+    def __init__(self, columns: ColumnsConfig, keep_columns: list[str], storage: StorageConfig) -> None:
         self.columns = columns
         self.keep_columns = keep_columns
-        self.storage_options = storage_options or {}
+        self.storage = storage
 
     def setup(self) -> None:
         """Nothing to load: reading is stateless."""
@@ -129,7 +131,7 @@ class ReadRowGroups:
         return pa.concat_tables(parts) if parts else self._empty()
 
     def _read_one(self, path: str, row_group: int, first_row: int) -> pa.Table:
-        with fsspec.open(path, "rb", **self.storage_options) as handle:
+        with fsspec.open(path, "rb", **self.storage.fsspec_options(path)) as handle:
             parquet = pq.ParquetFile(handle)
             wanted = [getattr(self.columns, role) for role in ROW_COLUMNS] + self.keep_columns
             names = [name for name in dict.fromkeys(wanted) if name in parquet.schema_arrow.names]

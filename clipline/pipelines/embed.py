@@ -26,8 +26,10 @@ from clipline.operators.decode import DecodeImages
 from clipline.operators.encode import EncodeClip
 from clipline.operators.read import InputFile, ReadRowGroups, plan_input_files, read_tasks
 from clipline.operators.sink import LanceSink
-from clipline.schemas.config import ConfigError, JobConfig, ModelConfig, ResourcesConfig
+from clipline.schemas.base import ConfigError
+from clipline.schemas.config import JobConfig, ModelConfig, ResourcesConfig
 from clipline.schemas.policy import Policy, load_policy
+from clipline.schemas.storage import StorageConfig
 from clipline.schemas.table import STATUS_FAILED, STATUS_OK
 
 
@@ -108,8 +110,8 @@ class Tally:
 class EncodeClassifyActor:
     """One actor = one model in memory; it encodes then scores, sharing the loaded model."""
 
-    def __init__(self, model: ModelConfig, policy: Policy, cpus: float, storage_options: dict) -> None:
-        self.encode = EncodeClip(model, cpus=cpus, storage_options=storage_options)
+    def __init__(self, model: ModelConfig, policy: Policy, cpus: float, storage: StorageConfig) -> None:
+        self.encode = EncodeClip(model, cpus=cpus, storage=storage)
         self.encode.setup()
         self.classify = ClassifyPolicy(policy)
         self.classify.setup(self.encode.bundle)
@@ -148,16 +150,14 @@ def plan_encoders(resources: ResourcesConfig, cluster: dict[str, float]) -> Enco
     return EncoderPlan(actors=actors, cpus=resources.encoder_cpus, gpus=gpus)
 
 
-def build_dataset(
-    config: JobConfig, files: list[InputFile], policy: Policy, encoders: EncoderPlan, storage_options: dict
-) -> ray.data.Dataset:
+def build_dataset(config: JobConfig, files: list[InputFile], policy: Policy, encoders: EncoderPlan) -> ray.data.Dataset:
     """The lazy plan; nothing runs until the driver iterates it."""
     tasks = read_tasks(files)
     blocks = [tasks.slice(i, 1) for i in range(tasks.num_rows)]
     source, resources = config.source, config.resources
-    reader = ReadRowGroups(source.columns, source.keep_columns, storage_options)
+    reader = ReadRowGroups(source.columns, source.keep_columns, config.storage)
     decoder = DecodeImages(
-        image_size_for(config.model.arch), source.max_image_pixels, source.max_image_bytes, storage_options
+        image_size_for(config.model.arch), source.max_image_pixels, source.max_image_bytes, config.storage
     )
     return (
         ray.data.from_arrow(blocks)
@@ -175,7 +175,7 @@ def build_dataset(
                 "model": config.model,
                 "policy": policy,
                 "cpus": encoders.cpus,
-                "storage_options": storage_options,
+                "storage": config.storage,
             },
             compute=ray.data.ActorPoolStrategy(size=encoders.actors),
             batch_size=resources.batch_size,
@@ -218,22 +218,21 @@ def ensure_ray(address: str | None) -> None:
         ray.init(_node_ip_address="127.0.0.1", include_dashboard=False)
 
 
-def prepare(config: JobConfig, storage_options: dict | None = None) -> tuple[Policy, list[InputFile]]:
+def prepare(config: JobConfig) -> tuple[Policy, list[InputFile]]:
     """Everything that can fail without a cluster: policy, model config, input footers."""
     policy = load_policy(config.policy)
     try:
         check_weights_source(config.model)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    files = plan_input_files(config.source.paths, config.source.columns, storage_options)
+    files = plan_input_files(config.source.paths, config.source.columns, config.storage)
     return policy, files
 
 
 def run_job(config: JobConfig, address: str | None = None) -> RunSummary:
     """Validate, plan, run and commit; returns the summary or raises with a clear reason."""
     started = time.perf_counter()
-    storage_options: dict = {}
-    policy, files = prepare(config, storage_options)
+    policy, files = prepare(config)
     run_id = config.run_id or new_run_id()
     summary = RunSummary(run_id=run_id, table_uri=config.sink.uri, table=config.sink.table)
     summary.rows_in = sum(file.num_rows for file in files)
@@ -243,13 +242,13 @@ def run_job(config: JobConfig, address: str | None = None) -> RunSummary:
         embedding_dim=int(model_config_dict(config.model.arch)["embed_dim"]),
         model=config.model,
         run_id=run_id,
-        storage_options=storage_options,
+        storage_options=config.storage.lance_options(config.sink.uri),
     )
     sink.setup()
     summary.table_version_before = sink.version
     ensure_ray(address)
     encoders = plan_encoders(config.resources, ray.cluster_resources())
-    dataset = build_dataset(config, files, policy, encoders, storage_options)
+    dataset = build_dataset(config, files, policy, encoders)
     tally = Tally()
     received = 0
     batches = dataset.iter_batches(batch_size=None, batch_format="pyarrow")

@@ -10,17 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from clipline.schemas.base import ConfigError, StrictModel, format_validation_error, read_yaml
+from clipline.schemas.storage import StorageConfig
 
 TINY_ARCH = "clipline-tiny"
 RANDOM_WEIGHTS = "none"
-
-
-class StrictModel(BaseModel):
-    """Base for config sections: a misspelt key is an error, not a silently ignored setting."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ColumnsConfig(StrictModel):
@@ -119,35 +115,8 @@ class JobConfig(StrictModel):
     policy: str = Field(description="Path to the policy YAML")
     sink: SinkConfig
     resources: ResourcesConfig = ResourcesConfig()
+    storage: StorageConfig = StorageConfig()
     run_id: str | None = None
-
-
-class ConfigError(ValueError):
-    """A configuration problem, phrased for the person who wrote the YAML."""
-
-
-def format_validation_error(error: ValidationError, where: str) -> str:
-    """Turn pydantic's error list into lines that start with the dotted field path."""
-    lines = [f"invalid {where}:"]
-    for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        message = item["msg"].removeprefix("Value error, ")
-        lines.append(f"  {field}: {message}")
-    return "\n".join(lines)
-
-
-def read_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping, failing with the file name when it is missing or not a mapping."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping at the top level")
-    return data
 
 
 def _resolve_local(value: str, base: Path) -> str:

@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from clipline.schemas.config import ConfigError, StrictModel, format_validation_error, read_yaml
+from clipline.schemas.base import ConfigError, StrictModel, format_validation_error, read_yaml
 
 DEFAULT_TEMPLATES = ("a photo of {}.", "an image of {}.", "a picture of {}.")
 CATEGORY_NAME_PATTERN = r"^[a-z][a-z0-9_]*$"

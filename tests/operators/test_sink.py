@@ -75,4 +75,5 @@ def test_other_model_or_dimension_is_refused(tmp_path):
 def test_duplicate_ids_within_a_chunk_keep_the_last():
     table = pa.table({"id": ["a", "b", "a", "c", "b"], "n": [1, 2, 3, 4, 5]})
     kept = last_row_per_id(table)
-    assert sorted(zip(kept.column("id").to_pylist(), kept.column("n").to_pylist())) == [("a", 3), ("b", 5), ("c", 4)]
+    pairs = zip(kept.column("id").to_pylist(), kept.column("n").to_pylist(), strict=True)
+    assert sorted(pairs) == [("a", 3), ("b", 5), ("c", 4)]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from clipline.pipelines.embed import plan_encoders
-from clipline.schemas.config import ConfigError, ResourcesConfig
+from clipline.schemas.base import ConfigError
+from clipline.schemas.config import ResourcesConfig
 
 
 def test_two_cpus_give_one_encoder_and_leave_one_for_decode():

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clipline.schemas.config import ConfigError, JobConfig, ModelConfig, load_job_config
+from clipline.schemas.base import ConfigError
+from clipline.schemas.config import JobConfig, ModelConfig, load_job_config
 from clipline.schemas.policy import Policy, load_policy
 
 GOOD_JOB = {
