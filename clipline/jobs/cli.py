@@ -10,7 +10,7 @@ from clipline.jobs.run import format_summary, run_from_file
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return run_from_file(args.config, args.address, args.json)
+    return run_from_file(args.config, args.address, args.json, args.full)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="job YAML")
     run.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
+    run.add_argument("--full", action="store_true", help="reprocess input files already in the ledger")
     run.set_defaults(handler=cmd_run)
 
     demo = verbs.add_parser("demo", help="generate demo data and run the pipeline on it with the tiny CLIP")

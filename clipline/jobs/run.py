@@ -20,6 +20,9 @@ def format_summary(summary: RunSummary) -> str:
     """A plain-text table for the end of a run."""
     lines = [
         f"run {summary.run_id}",
+        f"  input files    {summary.files_total} ({len(summary.files_processed)} processed, "
+        f"{len(summary.files_skipped)} already in the table, {len(summary.files_claimed_elsewhere)} "
+        "claimed by a concurrent run)",
         f"  rows in        {summary.rows_in}",
         f"  ok             {summary.ok}",
         f"  failed         {summary.failed}"
@@ -41,11 +44,11 @@ def format_summary(summary: RunSummary) -> str:
     return "\n".join(lines)
 
 
-def run_from_file(config_path: str, address: str | None, as_json: bool = False) -> int:
+def run_from_file(config_path: str, address: str | None, as_json: bool = False, full: bool = False) -> int:
     """Shared by `clipline run` and this module's entrypoint; returns a process exit code."""
     try:
         config = load_job_config(config_path)
-        summary = run_job(config, address=address)
+        summary = run_job(config, address=address, full=full)
     except (ConfigError, TableMismatch) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -58,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="job YAML")
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a local Ray)")
     parser.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    parser.add_argument("--full", action="store_true", help="reprocess files already recorded in the ledger")
     args = parser.parse_args(argv)
-    return run_from_file(args.config, args.address, args.json)
+    return run_from_file(args.config, args.address, args.json, args.full)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ class InputFile:
 
     path: str
     size: int
+    version: str
     row_groups: tuple[int, ...]
 
     @property
@@ -40,9 +41,17 @@ def _with_protocol(fs: fsspec.AbstractFileSystem, path: str, original: str) -> s
     return path if "://" not in original else fs.unstrip_protocol(path)
 
 
-def list_parquet_files(paths: list[str], storage: StorageConfig) -> list[tuple[str, int]]:
-    """Expand files and directories (recursively) into (parquet file, size) pairs, sorted."""
-    found: dict[str, int] = {}
+def file_version(info: dict) -> str:
+    """What changes when a file's content changes: the ETag on object storage, else size + mtime."""
+    etag = info.get("ETag") or info.get("etag")
+    if etag:
+        return str(etag).strip('"')
+    return f"{info.get('size')}-{info.get('mtime') or info.get('LastModified') or info.get('created')}"
+
+
+def list_parquet_files(paths: list[str], storage: StorageConfig) -> list[tuple[str, int, str]]:
+    """Expand files and directories (recursively) into (parquet file, size, version), sorted."""
+    found: dict[str, tuple[int, str]] = {}
     for original in paths:
         fs, root = fsspec.core.url_to_fs(original, **storage.fsspec_options(original))
         if not fs.exists(root):
@@ -53,10 +62,10 @@ def list_parquet_files(paths: list[str], storage: StorageConfig) -> list[tuple[s
         else:
             matches = {root: fs.info(root)}
         for path, info in matches.items():
-            found[_with_protocol(fs, path, original)] = int(info.get("size") or 0)
+            found[_with_protocol(fs, path, original)] = (int(info.get("size") or 0), file_version(info))
     if not found:
         raise ConfigError(f"source.paths: no .parquet files under {paths}")
-    return sorted(found.items())
+    return sorted((path, size, version) for path, (size, version) in found.items())
 
 
 def _check_columns(path: str, schema: pa.Schema, columns: ColumnsConfig) -> None:
@@ -83,12 +92,12 @@ def _check_columns(path: str, schema: pa.Schema, columns: ColumnsConfig) -> None
 def plan_input_files(paths: list[str], columns: ColumnsConfig, storage: StorageConfig) -> list[InputFile]:
     """Read every footer once: row-group sizes for splitting work and schemas for early checks."""
     planned = []
-    for path, size in list_parquet_files(paths, storage):
+    for path, size, version in list_parquet_files(paths, storage):
         with fsspec.open(path, "rb", **storage.fsspec_options(path)) as handle:
             metadata = pq.ParquetFile(handle).metadata
             _check_columns(path, metadata.schema.to_arrow_schema(), columns)
             groups = tuple(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups))
-        planned.append(InputFile(path=path, size=size, row_groups=groups))
+        planned.append(InputFile(path=path, size=size, version=version, row_groups=groups))
     return planned
 
 

@@ -7,27 +7,56 @@ is written, since mixing two models' vectors in one column silently breaks every
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timezone
 
 import lancedb
-import numpy as np
 import pyarrow as pa
 
 from clipline.operators.columns import column_or_nulls
 from clipline.schemas.config import ModelConfig
-from clipline.schemas.table import META_DIM, META_MODEL, META_PRETRAINED, output_schema
+from clipline.schemas.table import META_DIM, META_MODEL, META_PRETRAINED, STATUS_FAILED, ErrorCode, output_schema
 
 
 class TableMismatch(ValueError):
     """The existing table was written by a different model or with a different dimension."""
 
 
-def last_row_per_id(batch: pa.Table) -> pa.Table:
-    """Keep the last row of each id: merge_insert refuses two source rows for one target row."""
-    ids = batch.column("id").to_numpy(zero_copy_only=False)
-    _, first_in_reversed = np.unique(ids[::-1], return_index=True)
-    keep = np.sort(len(ids) - 1 - first_in_reversed)
-    return batch if len(keep) == len(ids) else batch.take(pa.array(keep))
+def renamed_duplicate(row: dict) -> dict:
+    """A later row whose id this run already used, under an id of its own.
+
+    A repeated content-derived id is the same image or text again: the row stays `ok` and points
+    at the first with `dup_of`. A repeated id given in the input is a data error: the row is kept
+    as `failed` with `duplicate_id`. Either way the new id is stable across reruns of the file.
+    """
+    suffix = hashlib.sha256(f"{row['content_sha256']}|{row['source']}".encode()).hexdigest()
+    if row["id"] == row["content_sha256"]:
+        return {**row, "id": suffix, "dup_of": row["id"], "dup_cluster": row["id"]}
+    return {
+        **row,
+        "id": f"{row['id']}#{suffix[:12]}",
+        "status": STATUS_FAILED,
+        "error_code": ErrorCode.DUPLICATE_ID.value,
+        "error_message": f"id {row['id']!r} appears more than once in this run; the first occurrence keeps it",
+        "decision": None,
+    }
+
+
+def resolve_duplicate_ids(rows: pa.Table, seen: set[str]) -> pa.Table:
+    """Make ids unique within a run (`seen` holds the run's ids so far, ~100 bytes a row)."""
+    ids = rows.column("id").to_pylist()
+    repeated = []
+    for index, row_id in enumerate(ids):
+        if row_id in seen:
+            repeated.append(index)
+        seen.add(row_id)
+    if not repeated:
+        return rows
+    records = rows.to_pylist()
+    for index in repeated:
+        records[index] = renamed_duplicate(records[index])
+        seen.add(records[index]["id"])
+    return pa.Table.from_pylist(records, schema=rows.schema)
 
 
 def open_existing_table(db: lancedb.DBConnection, name: str) -> lancedb.table.Table | None:
@@ -55,7 +84,12 @@ def check_table_model(existing: pa.Schema, wanted: pa.Schema, table: str) -> Non
 
 
 class LanceSink:
-    """Conforms batches to the output schema and upserts them with `merge_insert` on `id`."""
+    """Stages conformed rows, then upserts them into the table with one `merge_insert` commit.
+
+    Rows stream into a staging table beside the database (bounded driver memory); `commit()`
+    merges the whole run into the table as one new version. A run killed before that commit
+    leaves the table exactly as it was, and its rerun redoes the work.
+    """
 
     name = "sink"
 
@@ -68,21 +102,25 @@ class LanceSink:
         run_id: str,
         storage_options: dict | None = None,
     ) -> None:
-        self.uri = uri
+        self.uri = uri.rstrip("/")
         self.table_name = table
+        self.run_id = run_id
         self.schema = output_schema(embedding_dim, model)
-        model, pretrained = model.arch, model.weights_label
-        self.provenance = {"model": model, "pretrained": pretrained, "run_id": run_id}
-        self.storage_options = storage_options or {}
+        self.provenance = {"model": model.arch, "pretrained": model.weights_label, "run_id": run_id}
+        self.storage_options = storage_options or None
         self.table: lancedb.table.Table | None = None
+        self.staging_db: lancedb.DBConnection | None = None
+        self.staging: lancedb.table.Table | None = None
+        self.seen_ids: set[str] = set()
 
     def setup(self) -> None:
         """Open or create the table; refuse one written by another model."""
-        db = lancedb.connect(self.uri, storage_options=self.storage_options or None)
+        db = lancedb.connect(self.uri, storage_options=self.storage_options)
         self.table = open_existing_table(db, self.table_name) or db.create_table(
             self.table_name, schema=self.schema, exist_ok=True
         )
         check_table_model(self.table.schema, self.schema, self.table_name)
+        self.staging_db = lancedb.connect(f"{self.uri}/_clipline/staging", storage_options=self.storage_options)
 
     def conform(self, batch: pa.Table) -> pa.Table:
         """Select and cast to the output schema; stamp provenance; fill absent columns with nulls."""
@@ -97,22 +135,43 @@ class LanceSink:
                 columns.append(column_or_nulls(batch, field.name, field.type))
         return pa.Table.from_arrays(columns, schema=self.schema)
 
-    def write(self, batch: pa.Table) -> int:
-        """Upsert one chunk as one commit; returns the number of distinct ids written."""
-        if self.table is None:
-            raise RuntimeError("LanceSink.setup() must run before write()")
-        if batch.num_rows == 0:
-            return 0
-        rows = last_row_per_id(self.conform(batch))
+    def stage(self, batch: pa.Table) -> pa.Table:
+        """Conform, make ids unique within the run, append to staging; returns the staged rows."""
+        if self.staging_db is None:
+            raise RuntimeError("LanceSink.setup() must run before stage()")
+        rows = resolve_duplicate_ids(self.conform(batch), self.seen_ids)
+        if self.staging is None:
+            self.staging = self.staging_db.create_table(self.run_id, schema=self.schema, mode="overwrite")
         # Null vectors are legitimate (text-only rows have no image embedding); LanceDB's
         # default treats them as malformed, so tell it to keep them as nulls.
+        self.staging.add(rows, on_bad_vectors="null")
+        return rows
+
+    def commit(self) -> int:
+        """Upsert everything staged as one table version; returns the number of rows merged."""
+        if self.staging is None:
+            return 0
+        staged = self.staging.search().limit(None).to_batches()
         upsert = self.table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
-        upsert.execute(rows, on_bad_vectors="null")
-        return rows.num_rows
+        result = upsert.execute(staged, on_bad_vectors="null")
+        self.discard()
+        return result.num_inserted_rows + result.num_updated_rows
+
+    def discard(self) -> None:
+        """Drop this run's staging table (after a commit, or when the run fails)."""
+        if self.staging is not None:
+            self.staging_db.drop_table(self.run_id)
+            self.staging = None
 
     def count_rows(self, where: str | None = None) -> int:
-        return self.table.count_rows(where) if self.table is not None else 0
+        if self.table is None:
+            return 0
+        self.table.checkout_latest()
+        return self.table.count_rows(where)
 
     @property
     def version(self) -> int:
-        return self.table.version if self.table is not None else 0
+        if self.table is None:
+            return 0
+        self.table.checkout_latest()
+        return self.table.version

@@ -24,6 +24,7 @@ from clipline.models.loader import check_weights_source, image_size_for, model_c
 from clipline.operators.classify import ClassifyPolicy
 from clipline.operators.decode import DecodeImages
 from clipline.operators.encode import EncodeClip
+from clipline.operators.ledger import Ledger
 from clipline.operators.read import InputFile, ReadRowGroups, plan_input_files, read_tasks
 from clipline.operators.sink import LanceSink
 from clipline.schemas.base import ConfigError
@@ -61,6 +62,10 @@ class RunSummary:
     decisions: dict[str, int] = field(default_factory=dict)
     labels: dict[str, int] = field(default_factory=dict)
     flagged: dict[str, dict[str, int]] = field(default_factory=dict)
+    files_total: int = 0
+    files_processed: list[str] = field(default_factory=list)
+    files_skipped: list[str] = field(default_factory=list)
+    files_claimed_elsewhere: list[str] = field(default_factory=list)
     table_rows: int = 0
     table_version_before: int = 0
     table_version_after: int = 0
@@ -229,13 +234,39 @@ def prepare(config: JobConfig) -> tuple[Policy, list[InputFile]]:
     return policy, files
 
 
-def run_job(config: JobConfig, address: str | None = None) -> RunSummary:
-    """Validate, plan, run and commit; returns the summary or raises with a clear reason."""
+def rows_per_file(batch: pa.Table) -> Counter:
+    """Rows of each input file in a batch, from `source` = `file#row`."""
+    return Counter(source.rsplit("#", 1)[0] for source in batch.column("source").to_pylist())
+
+
+def execute(
+    config: JobConfig, files: list[InputFile], policy: Policy, sink: LanceSink, address: str | None
+) -> tuple[Tally, Counter]:
+    """Run the plan over `files`, staging every row; checks that no row was lost on the way."""
+    ensure_ray(address)
+    encoders = plan_encoders(config.resources, ray.cluster_resources())
+    dataset = build_dataset(config, files, policy, encoders)
+    tally, per_file = Tally(), Counter()
+    batches = dataset.iter_batches(batch_size=None, batch_format="pyarrow")
+    for chunk in chunks(batches, config.sink.commit_rows):
+        tally.add(sink.stage(chunk))
+        per_file.update(rows_per_file(chunk))
+    expected = sum(file.num_rows for file in files)
+    if sum(per_file.values()) != expected:
+        raise RowsLost(f"{expected} rows read from the input but {sum(per_file.values())} came out of the plan")
+    return tally, per_file
+
+
+def run_job(config: JobConfig, address: str | None = None, full: bool = False) -> RunSummary:
+    """Validate, plan, claim input files, run, commit once, record the ledger.
+
+    With `full`, files already in the ledger are processed again (upserts keep ids unique);
+    files claimed by a concurrent run are skipped either way.
+    """
     started = time.perf_counter()
     policy, files = prepare(config)
     run_id = config.run_id or new_run_id()
     summary = RunSummary(run_id=run_id, table_uri=config.sink.uri, table=config.sink.table)
-    summary.rows_in = sum(file.num_rows for file in files)
     sink = LanceSink(
         config.sink.uri,
         config.sink.table,
@@ -245,20 +276,25 @@ def run_job(config: JobConfig, address: str | None = None) -> RunSummary:
         storage_options=config.storage.lance_options(config.sink.uri),
     )
     sink.setup()
+    ledger = Ledger(config.sink.uri, config.sink.table, run_id, config.storage, config.sink.claim_ttl_hours * 3600)
+    ledger.setup()
     summary.table_version_before = sink.version
-    ensure_ray(address)
-    encoders = plan_encoders(config.resources, ray.cluster_resources())
-    dataset = build_dataset(config, files, policy, encoders)
-    tally = Tally()
-    received = 0
-    batches = dataset.iter_batches(batch_size=None, batch_format="pyarrow")
-    for chunk in chunks(batches, config.sink.commit_rows):
-        received += chunk.num_rows
-        tally.add(chunk)
-        summary.rows_written += sink.write(chunk)
-    if received != summary.rows_in:
-        raise RowsLost(f"{summary.rows_in} rows read from the input but {received} came out of the plan")
-    tally.fill(summary)
+    selection = ledger.select(files, full)
+    summary.files_total = len(files)
+    summary.files_processed = [file.path for file in selection.todo]
+    summary.files_skipped = [file.path for file in selection.already_committed]
+    summary.files_claimed_elsewhere = [file.path for file in selection.claimed_elsewhere]
+    summary.rows_in = sum(file.num_rows for file in selection.todo)
+    if selection.todo:
+        try:
+            tally, per_file = execute(config, selection.todo, policy, sink, address)
+            summary.rows_written = sink.commit()
+            ledger.record(selection.todo, per_file)
+        except BaseException:
+            sink.discard()
+            ledger.release(selection.todo)
+            raise
+        tally.fill(summary)
     summary.table_rows = sink.count_rows()
     summary.table_version_after = sink.version
     summary.wall_s = time.perf_counter() - started

@@ -104,7 +104,10 @@ class SinkConfig(StrictModel):
 
     uri: str
     table: str = "media"
-    commit_rows: int = Field(default=20_000, gt=0, description="Rows per merge_insert commit")
+    commit_rows: int = Field(default=20_000, gt=0, description="Rows per append to the run's staging table")
+    claim_ttl_hours: float = Field(
+        default=6.0, gt=0, description="After this long, a crashed run's claim on an input file is taken over"
+    )
 
 
 class JobConfig(StrictModel):

@@ -33,7 +33,7 @@ class ErrorCode(str, Enum):
     IMAGE_DECODE_FAILED = "image_decode_failed"
     URI_NOT_FOUND = "uri_not_found"
     URI_UNREADABLE = "uri_unreadable"
-    ENCODE_FAILED = "encode_failed"
+    DUPLICATE_ID = "duplicate_id"
 
 
 SCORE_TYPE = pa.struct([("category", pa.string()), ("score", pa.float32())])

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from clipline.operators.columns import embedding_array
-from clipline.operators.sink import LanceSink, TableMismatch, last_row_per_id
+from clipline.operators.sink import LanceSink, TableMismatch
 from clipline.schemas.config import ModelConfig
 from clipline.schemas.table import META_DIM, META_MODEL, OUTPUT_COLUMNS
 
@@ -34,12 +34,17 @@ def rows(ids: list[str], with_image: list[bool]) -> pa.Table:
     )
 
 
+def write(operator: LanceSink, batch: pa.Table) -> int:
+    operator.stage(batch)
+    return operator.commit()
+
+
 def test_rerun_upserts_instead_of_duplicating(tmp_path):
     first = sink(str(tmp_path))
-    assert first.write(rows(["a", "b", "c"], [True, False, True])) == 3
+    assert write(first, rows(["a", "b", "c"], [True, False, True])) == 3
     version = first.version
     second = sink(str(tmp_path), run_id="r2")
-    second.write(rows(["b", "c", "d"], [True, True, True]))
+    assert write(second, rows(["b", "c", "d"], [True, True, True])) == 3
     table = second.table.to_arrow()
     assert sorted(table.column("id").to_pylist()) == ["a", "b", "c", "d"]
     by_id = {row["id"]: row for row in table.to_pylist()}
@@ -51,7 +56,7 @@ def test_rerun_upserts_instead_of_duplicating(tmp_path):
 
 def test_null_vectors_are_kept_as_null(tmp_path):
     operator = sink(str(tmp_path))
-    operator.write(rows(["t1", "t2"], [False, True]))
+    write(operator, rows(["t1", "t2"], [False, True]))
     stored = {row["id"]: row["image_embedding"] for row in operator.table.to_arrow().to_pylist()}
     assert stored["t1"] is None
     assert len(stored["t2"]) == DIM
@@ -65,15 +70,46 @@ def test_metadata_records_model_and_dimension(tmp_path):
 
 
 def test_other_model_or_dimension_is_refused(tmp_path):
-    sink(str(tmp_path)).write(rows(["a"], [True]))
+    write(sink(str(tmp_path)), rows(["a"], [True]))
     with pytest.raises(TableMismatch, match="embedding dimension"):
         sink(str(tmp_path), dim=DIM * 2)
     with pytest.raises(TableMismatch, match="model 'clipline-tiny'"):
         sink(str(tmp_path), model=ModelConfig(arch="ViT-B-32", pretrained="none"))
 
 
-def test_duplicate_ids_within_a_chunk_keep_the_last():
-    table = pa.table({"id": ["a", "b", "a", "c", "b"], "n": [1, 2, 3, 4, 5]})
-    kept = last_row_per_id(table)
-    pairs = zip(kept.column("id").to_pylist(), kept.column("n").to_pylist(), strict=True)
-    assert sorted(pairs) == [("a", 3), ("b", 5), ("c", 4)]
+def test_many_chunks_land_in_one_commit_and_discard_leaves_the_table_alone(tmp_path):
+    operator = sink(str(tmp_path))
+    before = operator.version
+    for start in range(0, 30, 10):
+        operator.stage(rows([f"id{i}" for i in range(start, start + 10)], [True] * 10))
+    assert operator.version == before
+    assert operator.commit() == 30
+    assert operator.version == before + 1
+    assert operator.count_rows() == 30
+    failed = sink(str(tmp_path), run_id="r2")
+    failed.stage(rows(["new"], [True]))
+    failed.discard()
+    assert failed.version == before + 1 and failed.count_rows() == 30
+
+
+def test_repeated_ids_in_a_run_become_distinct_rows(tmp_path):
+    operator = sink(str(tmp_path))
+    batch = pa.table(
+        {
+            "id": ["given", "sha-1", "given", "sha-1"],
+            "content_sha256": ["sha-0", "sha-1", "sha-2", "sha-1"],
+            "source": ["f#0", "f#1", "f#2", "f#3"],
+            "status": ["ok"] * 4,
+            "decision": ["allow"] * 4,
+        }
+    )
+    operator.stage(batch.slice(0, 2))
+    operator.stage(batch.slice(2, 2))
+    assert operator.commit() == 4
+    stored = {row["source"]: row for row in operator.table.to_arrow().to_pylist()}
+    assert stored["f#0"]["id"] == "given" and stored["f#0"]["status"] == "ok"
+    assert stored["f#2"]["id"].startswith("given#") and stored["f#2"]["status"] == "failed"
+    assert stored["f#2"]["error_code"] == "duplicate_id" and stored["f#2"]["decision"] is None
+    assert stored["f#1"]["id"] == "sha-1" and stored["f#1"]["dup_of"] is None
+    assert stored["f#3"]["dup_of"] == "sha-1" and stored["f#3"]["status"] == "ok"
+    assert len({row["id"] for row in stored.values()}) == 4
