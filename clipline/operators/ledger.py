@@ -157,7 +157,10 @@ class Ledger:
             return False
 
     def _read_claim(self, path: str) -> dict:
+        """A claim's content; one caught between its exclusive create and its write is brand new."""
         try:
             return json.loads(self.fs.cat_file(path))
         except FileNotFoundError:
             return {}
+        except json.JSONDecodeError:
+            return {"at": time.time()}
