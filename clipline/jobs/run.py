@@ -56,13 +56,17 @@ def run_from_file(config_path: str, address: str | None, as_json: bool = False, 
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m clipline.jobs.run", description=__doc__)
     parser.add_argument("--config", required=True, help="job YAML")
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a local Ray)")
     parser.add_argument("--json", action="store_true", help="print the run summary as JSON")
     parser.add_argument("--full", action="store_true", help="reprocess files already recorded in the ledger")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return run_from_file(args.config, args.address, args.json, args.full)
 
 
