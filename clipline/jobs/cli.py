@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
+from clipline.jobs import search_cli
 from clipline.jobs.run import format_summary, run_from_file
+
+# Verbs that work on an existing table live in their own modules, each with `register(verbs)`.
+VERB_MODULES = (search_cli,)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -19,26 +22,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     summary = run_demo(args.out, address=args.address)
     print(format_summary(summary))
     print(f"\nsearch it:  clipline search --db {summary.table_uri} --table {summary.table} --text 'a red star'")
-    return 0
-
-
-def cmd_search(args: argparse.Namespace) -> int:
-    from clipline.pipelines.search import search_table
-
-    try:
-        results = search_table(args.db, args.table, args.text, k=args.k, where=args.where)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    rows = results.to_pylist()
-    if args.json:
-        print(json.dumps(rows, indent=2, default=str))
-        return 0
-    for rank, row in enumerate(rows, 1):
-        labels = ",".join(row["labels"] or [])
-        print(
-            f"{rank:>3}  {row['score']:.3f}  {row['id']:<24} {row['decision'] or '-':<7} {labels:<20} {row['source']}"
-        )
     return 0
 
 
@@ -58,14 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--address", default=None, help="Ray cluster address (default: local)")
     demo.set_defaults(handler=cmd_demo)
 
-    search = verbs.add_parser("search", help="text → image search over a table")
-    search.add_argument("--db", required=True, help="LanceDB URI (directory or s3://)")
-    search.add_argument("--table", required=True)
-    search.add_argument("--text", required=True, help="query text")
-    search.add_argument("--where", default=None, help="SQL prefilter, e.g. \"decision = 'allow'\"")
-    search.add_argument("-k", type=int, default=10, help="number of results")
-    search.add_argument("--json", action="store_true", help="print results as JSON")
-    search.set_defaults(handler=cmd_search)
+    for module in VERB_MODULES:
+        module.register(verbs)
     return parser
 
 

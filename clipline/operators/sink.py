@@ -15,7 +15,15 @@ import pyarrow as pa
 
 from clipline.operators.columns import column_or_nulls
 from clipline.schemas.config import ModelConfig
-from clipline.schemas.table import META_DIM, META_MODEL, META_PRETRAINED, STATUS_FAILED, ErrorCode, output_schema
+from clipline.schemas.table import (
+    META_DIM,
+    META_MODEL,
+    META_PRETRAINED,
+    STATUS_FAILED,
+    ErrorCode,
+    output_schema,
+    pipeline_schema,
+)
 
 
 class TableMismatch(ValueError):
@@ -83,6 +91,25 @@ def check_table_model(existing: pa.Schema, wanted: pa.Schema, table: str) -> Non
             )
 
 
+def load_overrides(table: lancedb.table.Table) -> dict[str, str]:
+    """Reviewer decisions by id; few (human-made), so they fit in memory."""
+    rows = (
+        table.search().where("override_decision IS NOT NULL").select(["id", "override_decision"]).limit(None).to_arrow()
+    )
+    return dict(zip(rows.column("id").to_pylist(), rows.column("override_decision").to_pylist(), strict=True))
+
+
+def apply_overrides(rows: pa.Table, overrides: dict[str, str]) -> pa.Table:
+    """A reviewer's decision wins over the model's, in every run and every rescore."""
+    ids = rows.column("id").to_pylist()
+    decisions = [
+        overrides.get(row_id, decision)
+        for row_id, decision in zip(ids, rows.column("decision").to_pylist(), strict=True)
+    ]
+    index = rows.schema.get_field_index("decision")
+    return rows.set_column(index, "decision", pa.array(decisions, pa.string()))
+
+
 class LanceSink:
     """Stages conformed rows, then upserts them into the table with one `merge_insert` commit.
 
@@ -105,21 +132,24 @@ class LanceSink:
         self.uri = uri.rstrip("/")
         self.table_name = table
         self.run_id = run_id
-        self.schema = output_schema(embedding_dim, model)
+        self.table_schema = output_schema(embedding_dim, model)
+        self.schema = pipeline_schema(self.table_schema)
         self.provenance = {"model": model.arch, "pretrained": model.weights_label, "run_id": run_id}
         self.storage_options = storage_options or None
         self.table: lancedb.table.Table | None = None
         self.staging_db: lancedb.DBConnection | None = None
         self.staging: lancedb.table.Table | None = None
         self.seen_ids: set[str] = set()
+        self.overrides: dict[str, str] = {}
 
     def setup(self) -> None:
-        """Open or create the table; refuse one written by another model."""
+        """Open or create the table; refuse one written by another model; load human overrides."""
         db = lancedb.connect(self.uri, storage_options=self.storage_options)
         self.table = open_existing_table(db, self.table_name) or db.create_table(
-            self.table_name, schema=self.schema, exist_ok=True
+            self.table_name, schema=self.table_schema, exist_ok=True
         )
-        check_table_model(self.table.schema, self.schema, self.table_name)
+        check_table_model(self.table.schema, self.table_schema, self.table_name)
+        self.overrides = load_overrides(self.table)
         self.staging_db = lancedb.connect(f"{self.uri}/_clipline/staging", storage_options=self.storage_options)
 
     def conform(self, batch: pa.Table) -> pa.Table:
@@ -133,7 +163,8 @@ class LanceSink:
                 columns.append(pa.array([now] * batch.num_rows, field.type))
             else:
                 columns.append(column_or_nulls(batch, field.name, field.type))
-        return pa.Table.from_arrays(columns, schema=self.schema)
+        rows = pa.Table.from_arrays(columns, schema=self.schema)
+        return apply_overrides(rows, self.overrides) if self.overrides else rows
 
     def stage(self, batch: pa.Table) -> pa.Table:
         """Conform, make ids unique within the run, append to staging; returns the staged rows."""

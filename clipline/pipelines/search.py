@@ -13,6 +13,7 @@ from clipline.models.loader import ClipBundle, load_clip
 from clipline.models.zero_shot import encode_texts
 from clipline.operators.sink import open_existing_table
 from clipline.schemas.config import ModelConfig
+from clipline.schemas.storage import StorageConfig
 from clipline.schemas.table import META_MODEL_CONFIG
 
 RESULT_COLUMNS = ["id", "source", "text", "image_uri", "decision", "labels", "status"]
@@ -60,8 +61,16 @@ def search_text(
     return results.drop_columns(["_distance"]).append_column("score", scores.cast(pa.float32()))
 
 
-def search_table(uri: str, table_name: str, text: str, k: int = 10, where: str | None = None) -> pa.Table:
+def search_table(
+    uri: str,
+    table_name: str,
+    text: str,
+    k: int = 10,
+    where: str | None = None,
+    storage: StorageConfig | None = None,
+) -> pa.Table:
     """Open the table, load its model and run one text query (the CLI's path)."""
-    table = open_table(uri, table_name)
-    bundle = load_clip(table_model(table))
+    storage = storage or StorageConfig()
+    table = open_table(uri, table_name, storage.lance_options(uri))
+    bundle = load_clip(table_model(table), storage=storage)
     return search_text(table, bundle, text, k, where)

@@ -69,6 +69,11 @@ def output_schema(embedding_dim: int, model: ModelConfig) -> pa.Schema:
         pa.field("labels", pa.list_(pa.string())),
         pa.field("decision", pa.string()),
         pa.field("reasons", pa.list_(REASON_TYPE)),
+        pa.field("flags", pa.list_(pa.string())),
+        pa.field("override_decision", pa.string()),
+        pa.field("override_by", pa.string()),
+        pa.field("override_at", pa.timestamp("us", tz="UTC")),
+        pa.field("override_note", pa.string()),
         pa.field("dup_of", pa.string()),
         pa.field("dup_cluster", pa.string()),
         pa.field("status", pa.string(), nullable=False),
@@ -92,3 +97,10 @@ def output_schema(embedding_dim: int, model: ModelConfig) -> pa.Schema:
 
 
 OUTPUT_COLUMNS = tuple(output_schema(1, ModelConfig()).names)
+# Written only by human review; runs and rescoring never overwrite them, and `decision` follows them.
+REVIEW_COLUMNS = ("override_decision", "override_by", "override_at", "override_note")
+
+
+def pipeline_schema(schema: pa.Schema) -> pa.Schema:
+    """The columns a run writes: everything but the human-review columns."""
+    return pa.schema([field for field in schema if field.name not in REVIEW_COLUMNS], metadata=schema.metadata)

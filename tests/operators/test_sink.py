@@ -113,3 +113,15 @@ def test_repeated_ids_in_a_run_become_distinct_rows(tmp_path):
     assert stored["f#1"]["id"] == "sha-1" and stored["f#1"]["dup_of"] is None
     assert stored["f#3"]["dup_of"] == "sha-1" and stored["f#3"]["status"] == "ok"
     assert len({row["id"] for row in stored.values()}) == 4
+
+
+def test_reviewer_overrides_survive_reruns_and_win(tmp_path):
+    write(sink(str(tmp_path)), rows(["a", "b"], [True, True]))
+    table = sink(str(tmp_path)).table
+    table.update(where="id = 'a'", values={"override_decision": "block", "override_by": "alice"})
+    rerun = sink(str(tmp_path), run_id="r2")
+    write(rerun, rows(["a", "b"], [True, True]))
+    stored = {row["id"]: row for row in rerun.table.to_arrow().to_pylist()}
+    assert stored["a"]["decision"] == "block" and stored["a"]["override_by"] == "alice"
+    assert stored["a"]["run_id"] == "r2"
+    assert stored["b"]["decision"] == "allow" and stored["b"]["override_decision"] is None
