@@ -105,8 +105,18 @@ class SinkConfig(StrictModel):
     uri: str
     table: str = "media"
     commit_rows: int = Field(default=20_000, gt=0, description="Rows per append to the run's staging table")
+    maintain_after_run: bool = Field(default=False, description="Refresh indexes and compact after the commit")
     claim_ttl_hours: float = Field(
         default=6.0, gt=0, description="After this long, a crashed run's claim on an input file is taken over"
+    )
+
+
+class DedupConfig(StrictModel):
+    """Tiered dedup: exact by content hash, near by image-embedding cosine (within the run and vs the table)."""
+
+    enabled: bool = True
+    near_threshold: float = Field(
+        default=0.95, gt=0.0, le=1.0, description="Cosine at or above which images are near duplicates"
     )
 
 
@@ -119,6 +129,7 @@ class JobConfig(StrictModel):
     sink: SinkConfig
     resources: ResourcesConfig = ResourcesConfig()
     storage: StorageConfig = StorageConfig()
+    dedup: DedupConfig = DedupConfig()
     run_id: str | None = None
 
 
