@@ -18,11 +18,12 @@ from clipline.operators.sink import LanceSink
 from clipline.schemas.config import ModelConfig
 from clipline.schemas.policy import Policy, load_policy
 
+TINY = ModelConfig()
 DEMO_POLICY_PATH = "clipline/models/tiny/demo_policy.yaml"
 
 
 @cache
-def encoder(model: ModelConfig = ModelConfig()) -> EncodeClip:
+def encoder(model: ModelConfig = TINY) -> EncodeClip:
     """One loaded model per test process."""
     operator = EncodeClip(model)
     operator.setup()
@@ -39,7 +40,7 @@ def ingest(
     policy: Policy | None = None,
     table: str = "media",
     run_id: str = "test-run",
-    model: ModelConfig = ModelConfig(),
+    model: ModelConfig = TINY,
 ) -> LanceSink:
     """Decode, encode, classify and commit `rows` (dicts with id/image/image_uri/text) as one run."""
     batch = pa.Table.from_pylist(
