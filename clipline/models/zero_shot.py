@@ -35,6 +35,17 @@ def encode_texts(bundle: ClipBundle, texts: Sequence[str]) -> np.ndarray:
     return torch.cat(chunks).cpu().numpy()
 
 
+def over_context(bundle: ClipBundle, texts: Sequence[str]) -> np.ndarray:
+    """Which texts the tokenizer will truncate (start and end tokens take two of the context slots).
+
+    Tokenizers without a plain `encode` (hub tokenizers) report nothing rather than guess.
+    """
+    encode = getattr(bundle.tokenizer, "encode", None)
+    if encode is None:
+        return np.zeros(len(texts), dtype=bool)
+    return np.array([len(encode(text)) > bundle.context_length - 2 for text in texts], dtype=bool)
+
+
 @torch.inference_mode()
 def encode_pixels(bundle: ClipBundle, pixels: np.ndarray) -> np.ndarray:
     """Embed a uint8 (N, H, W, 3) batch already resized and cropped to the model's input size.

@@ -50,3 +50,12 @@ def embedding_matrix(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np
     present = column.is_valid().to_numpy(zero_copy_only=False)
     flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     return flat.reshape(-1, column.type.list_size), present
+
+
+def add_flag(table: pa.Table, rows: np.ndarray, flag: str) -> pa.Table:
+    """Append `flag` to the `flags` list of the selected rows (flags note issues that did not fail the row)."""
+    if not rows.any():
+        return table
+    current = column_or_nulls(table, "flags", pa.list_(pa.string())).to_pylist()
+    updated = [(flags or []) + [flag] if chosen else flags for flags, chosen in zip(current, rows, strict=True)]
+    return set_column(table, "flags", pa.array(updated, pa.list_(pa.string())))

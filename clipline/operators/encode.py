@@ -13,10 +13,12 @@ import pyarrow.compute as pc
 import torch
 
 from clipline.models.loader import ClipBundle, load_clip
-from clipline.models.zero_shot import encode_pixels, encode_texts
-from clipline.operators.columns import column_or_nulls, embedding_array, ok_mask, set_column
+from clipline.models.zero_shot import encode_pixels, encode_texts, over_context
+from clipline.operators.columns import add_flag, column_or_nulls, embedding_array, ok_mask, set_column
 from clipline.schemas.config import ModelConfig
 from clipline.schemas.storage import StorageConfig
+
+FLAG_TEXT_TRUNCATED = "text_truncated"
 
 
 def torch_threads_for(cpus: float) -> int:
@@ -56,7 +58,11 @@ class EncodeClip:
         texts = column_or_nulls(batch, "text", pa.string())
         text_rows = ok & pc.fill_null(pc.greater(pc.utf8_length(texts), 0), False).to_numpy(zero_copy_only=False)
         image_vectors = encode_pixels(self.bundle, self._pixels(batch, image_rows))
-        text_vectors = encode_texts(self.bundle, [texts[i].as_py() for i in np.flatnonzero(text_rows)])
+        text_values = [texts[i].as_py() for i in np.flatnonzero(text_rows)]
+        text_vectors = encode_texts(self.bundle, text_values)
+        truncated = np.zeros(batch.num_rows, dtype=bool)
+        truncated[np.flatnonzero(text_rows)] = over_context(self.bundle, text_values)
+        batch = add_flag(batch, truncated, FLAG_TEXT_TRUNCATED)
         batch = set_column(batch, "image_embedding", embedding_array(image_vectors, image_rows, dim))
         batch = set_column(batch, "text_embedding", embedding_array(text_vectors, text_rows, dim))
         batch = set_column(batch, "clip_score", self._clip_scores(image_vectors, image_rows, text_vectors, text_rows))

@@ -19,6 +19,16 @@ from clipline.schemas.config import ColumnsConfig
 from clipline.schemas.storage import StorageConfig
 
 ROW_COLUMNS = {"id": pa.string(), "image": pa.binary(), "image_uri": pa.string(), "text": pa.string()}
+FLAG_NOT_UTF8 = "text_not_utf8"
+_STRINGS = (pa.types.is_string, pa.types.is_large_string, pa.types.is_null)
+_BINARIES = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_null)
+# Integer ids are common and unambiguous as text; text stored as bytes is decoded as UTF-8.
+ACCEPTED_TYPES = {
+    "id": (*_STRINGS, pa.types.is_integer),
+    "image": _BINARIES,
+    "image_uri": _STRINGS,
+    "text": _STRINGS + _BINARIES,
+}
 TASK_SCHEMA = pa.schema([("path", pa.string()), ("row_group", pa.int32()), ("first_row", pa.int64())])
 
 
@@ -79,14 +89,8 @@ def _check_columns(path: str, schema: pa.Schema, columns: ColumnsConfig) -> None
         )
     for role, name in present.items():
         actual = schema.field(name).type
-        expected = ROW_COLUMNS[role]
-        compatible = (
-            actual == expected
-            or (pa.types.is_binary(expected) and pa.types.is_large_binary(actual))
-            or (pa.types.is_string(expected) and (pa.types.is_large_string(actual) or pa.types.is_null(actual)))
-        )
-        if not compatible:
-            raise ConfigError(f"{path}: column {name!r} ({role}) has type {actual}, expected {expected}")
+        if not any(accepts(actual) for accepts in ACCEPTED_TYPES[role]):
+            raise ConfigError(f"{path}: column {name!r} ({role}) has type {actual}, expected {ROW_COLUMNS[role]}")
 
 
 def plan_input_files(paths: list[str], columns: ColumnsConfig, storage: StorageConfig) -> list[InputFile]:
@@ -145,10 +149,33 @@ class ReadRowGroups:
             wanted = [getattr(self.columns, role) for role in ROW_COLUMNS] + self.keep_columns
             names = [name for name in dict.fromkeys(wanted) if name in parquet.schema_arrow.names]
             raw = parquet.read_row_group(row_group, columns=names)
-        out = {role: self._column(raw, getattr(self.columns, role), type_) for role, type_ in ROW_COLUMNS.items()}
+        out = {
+            role: self._column(raw, getattr(self.columns, role), type_)
+            for role, type_ in ROW_COLUMNS.items()
+            if role != "text"
+        }
+        out["text"], out["flags"] = self._text(raw, self.columns.text)
         out["source"] = pa.array([f"{path}#{first_row + i}" for i in range(raw.num_rows)], pa.string())
         out["metadata"] = self._metadata(raw)
         return pa.table(out)
+
+    @staticmethod
+    def _text(raw: pa.Table, name: str) -> tuple[pa.Array, pa.Array]:
+        """Text as strings; bytes that are not valid UTF-8 are decoded with U+FFFD and the row flagged."""
+        is_bytes = name in raw.column_names and (
+            pa.types.is_binary(raw.schema.field(name).type) or pa.types.is_large_binary(raw.schema.field(name).type)
+        )
+        if not is_bytes:
+            return ReadRowGroups._column(raw, name, pa.string()), pa.nulls(raw.num_rows, pa.list_(pa.string()))
+        texts, flags = [], []
+        for value in raw.column(name).to_pylist():
+            try:
+                texts.append(None if value is None else value.decode("utf-8"))
+                flags.append(None)
+            except UnicodeDecodeError:
+                texts.append(value.decode("utf-8", errors="replace"))
+                flags.append([FLAG_NOT_UTF8])
+        return pa.array(texts, pa.string()), pa.array(flags, pa.list_(pa.string()))
 
     @staticmethod
     def _column(raw: pa.Table, name: str, type_: pa.DataType) -> pa.Array:
@@ -166,6 +193,7 @@ class ReadRowGroups:
 
     def _empty(self) -> pa.Table:
         columns = {role: pa.array([], type_) for role, type_ in ROW_COLUMNS.items()}
+        columns["flags"] = pa.array([], pa.list_(pa.string()))
         columns["source"] = pa.array([], pa.string())
         columns["metadata"] = pa.array([], pa.string())
         return pa.table(columns)

@@ -213,14 +213,15 @@ def ensure_ray(address: str | None) -> None:
     """Join the given cluster (or RAY_ADDRESS, as inside `ray job submit`), else start a local one.
 
     A local Ray started here serves only this process, so it listens on loopback, not on the
-    machine's network interfaces.
+    machine's network interfaces; `address="local"` keeps Ray from attaching to whatever cluster
+    `ray start` last recorded on this machine.
     """
     if ray.is_initialized():
         return
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address)
     else:
-        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False)
+        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False)
 
 
 def prepare(config: JobConfig) -> tuple[Policy, list[InputFile]]:

@@ -77,6 +77,14 @@ stop_pid() {
 
 case "$command" in
   start) shift 2; start "$@" ;;
-  stop) stop_pid "$dir/worker.pid"; stop_pid "$dir/head.pid"; echo "ray-cluster: stopped" ;;
+  stop)
+    stop_pid "$dir/worker.pid"
+    stop_pid "$dir/head.pid"
+    # Forget this cluster as the machine's "current" one, so a later ray.init() does not try it.
+    if [ -f "$dir/cluster.env" ] && [ -f /tmp/ray/ray_current_cluster ]; then
+      port=$(sed -n 's/^export RAY_GCS_ADDRESS=.*:\([0-9]*\)$/\1/p' "$dir/cluster.env")
+      grep -q ":$port\$" /tmp/ray/ray_current_cluster && rm -f /tmp/ray/ray_current_cluster
+    fi
+    echo "ray-cluster: stopped" ;;
   *) echo "usage: ray-cluster.sh start|stop DIR" >&2; exit 2 ;;
 esac

@@ -71,3 +71,11 @@ def test_failed_rows_are_not_encoded(encoder):
     assert out.column("status").to_pylist() == ["failed"]
     assert out.column("image_embedding").null_count == 1
     assert out.column("text_embedding").null_count == 1
+
+
+def test_text_over_the_context_length_is_flagged_not_failed(encoder):
+    long_text = " ".join(["a red star on a blue background"] * 20)
+    out = encoder(decoded_batch([None, None], [long_text, "a red star"]))
+    assert out.column("flags").to_pylist() == [["text_truncated"], None]
+    assert out.column("status").to_pylist() == ["ok", "ok"]
+    assert out.column("text_embedding").null_count == 0

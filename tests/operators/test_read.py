@@ -55,3 +55,13 @@ def test_renamed_columns_and_kept_metadata(tmp_path):
     assert [row["source"] for row in out] == [f"{path}#0", f"{path}#1", f"{path}#2"]
     assert [json.loads(row["metadata"]) for row in out] == [{"shard": 7}, {"shard": 7}, {"shard": 8}]
     assert all(row["image"] is None for row in out)
+
+
+def test_text_stored_as_bytes_is_decoded_and_invalid_utf8_is_flagged(tmp_path):
+    texts = ["plain".encode(), "caf\xe9".encode("latin-1"), None, "ok ✓".encode()]
+    path = write(tmp_path / "bytes.parquet", pa.table({"text": pa.array(texts, pa.binary()), "id": [1, 2, 3, 4]}))
+    files = plan_input_files([path], ColumnsConfig(), StorageConfig())
+    out = ReadRowGroups(ColumnsConfig(), keep_columns=[], storage=StorageConfig())(read_tasks(files)).to_pylist()
+    assert [row["text"] for row in out] == ["plain", "caf\ufffd", None, "ok ✓"]
+    assert [row["flags"] for row in out] == [None, ["text_not_utf8"], None, None]
+    assert [row["id"] for row in out] == ["1", "2", "3", "4"]
