@@ -6,14 +6,14 @@ import argparse
 import sys
 
 from clipline.jobs import search_cli
-from clipline.jobs.run import format_summary, run_from_file
+from clipline.jobs.run import add_run_arguments, format_summary, options_from_args, run_from_file
 
 # Verbs that work on an existing table live in their own modules, each with `register(verbs)`.
 VERB_MODULES = (search_cli,)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return run_from_file(args.config, args.address, args.json, args.full)
+    return run_from_file(args.config, options_from_args(args), args.json)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -31,9 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = verbs.add_parser("run", help="run a job config (validated before Ray starts)")
     run.add_argument("config", help="job YAML")
-    run.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
-    run.add_argument("--json", action="store_true", help="print the summary as JSON")
-    run.add_argument("--full", action="store_true", help="reprocess input files already in the ledger")
+    add_run_arguments(run)
     run.set_defaults(handler=cmd_run)
 
     demo = verbs.add_parser("demo", help="generate demo data and run the pipeline on it with the tiny CLIP")

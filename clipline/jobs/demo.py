@@ -18,7 +18,7 @@ import yaml
 
 from clipline.models.loader import TINY_DIR
 from clipline.models.shapes import COLOURS, SHAPES, caption, render, sample_rng
-from clipline.pipelines.embed import RunSummary, run_job
+from clipline.pipelines.embed import RunOptions, RunSummary, run_job
 from clipline.schemas.config import JobConfig
 
 DEMO_POLICY = TINY_DIR / "demo_policy.yaml"
@@ -119,4 +119,4 @@ def run_demo(out_dir: str | Path, address: str | None = None) -> RunSummary:
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     config = demo_config(out, write_demo_input(out))
-    return run_job(config, address=address, full=True)
+    return run_job(config, RunOptions(address=address, full=True))

@@ -11,7 +11,7 @@ import json
 import sys
 
 from clipline.operators.sink import TableMismatch
-from clipline.pipelines.embed import RunSummary, run_job
+from clipline.pipelines.embed import RunOptions, RunSummary, run_job
 from clipline.schemas.base import ConfigError
 from clipline.schemas.config import load_job_config
 
@@ -44,11 +44,11 @@ def format_summary(summary: RunSummary) -> str:
     return "\n".join(lines)
 
 
-def run_from_file(config_path: str, address: str | None, as_json: bool = False, full: bool = False) -> int:
+def run_from_file(config_path: str, options: RunOptions, as_json: bool = False) -> int:
     """Shared by `clipline run` and this module's entrypoint; returns a process exit code."""
     try:
         config = load_job_config(config_path)
-        summary = run_job(config, address=address, full=full)
+        summary = run_job(config, options)
     except (ConfigError, TableMismatch) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -59,15 +59,26 @@ def run_from_file(config_path: str, address: str | None, as_json: bool = False, 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m clipline.jobs.run", description=__doc__)
     parser.add_argument("--config", required=True, help="job YAML")
-    parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a local Ray)")
-    parser.add_argument("--json", action="store_true", help="print the run summary as JSON")
-    parser.add_argument("--full", action="store_true", help="reprocess files already recorded in the ledger")
+    add_run_arguments(parser)
     return parser
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by `clipline run` and this entrypoint."""
+    parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--full", action="store_true", help="reprocess input files already recorded in the ledger")
+    modes.add_argument("--retry-failed", action="store_true", help="reprocess only rows whose status is failed")
+
+
+def options_from_args(args: argparse.Namespace) -> RunOptions:
+    return RunOptions(address=args.address, full=args.full, retry_failed=args.retry_failed)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_from_file(args.config, args.address, args.json, args.full)
+    return run_from_file(args.config, options_from_args(args), args.json)
 
 
 if __name__ == "__main__":

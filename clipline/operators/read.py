@@ -29,7 +29,15 @@ ACCEPTED_TYPES = {
     "image_uri": _STRINGS,
     "text": _STRINGS + _BINARIES,
 }
-TASK_SCHEMA = pa.schema([("path", pa.string()), ("row_group", pa.int32()), ("first_row", pa.int64())])
+TASK_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("row_group", pa.int32()),
+        ("first_row", pa.int64()),
+        ("rows", pa.list_(pa.int64())),
+        ("ids", pa.list_(pa.string())),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -105,17 +113,24 @@ def plan_input_files(paths: list[str], columns: ColumnsConfig, storage: StorageC
     return planned
 
 
-def read_tasks(files: list[InputFile]) -> pa.Table:
-    """One task row per (file, row group): the unit of parallel reading."""
-    rows = {"path": [], "row_group": [], "first_row": []}
+def read_tasks(files: list[InputFile], only: dict[str, dict[int, str]] | None = None) -> pa.Table:
+    """One task row per (file, row group): the unit of parallel reading.
+
+    `only` restricts reading to some rows of each file (path → {row number → id to keep}), for
+    retrying failed rows under the ids they already have in the table.
+    """
+    tasks = []
     for file in files:
         first = 0
         for index, count in enumerate(file.row_groups):
-            rows["path"].append(file.path)
-            rows["row_group"].append(index)
-            rows["first_row"].append(first)
+            task = {"path": file.path, "row_group": index, "first_row": first, "rows": None, "ids": None}
+            if only is not None:
+                chosen = sorted(row for row in only.get(file.path, {}) if first <= row < first + count)
+                task.update(rows=chosen, ids=[only[file.path][row] for row in chosen])
+            if only is None or task["rows"]:
+                tasks.append(task)
             first += count
-    return pa.table(rows, schema=TASK_SCHEMA)
+    return pa.Table.from_pylist(tasks, schema=TASK_SCHEMA)
 
 
 class ReadRowGroups:
@@ -132,18 +147,12 @@ class ReadRowGroups:
         """Nothing to load: reading is stateless."""
 
     def __call__(self, tasks: pa.Table) -> pa.Table:
-        parts = [
-            self._read_one(path, group, first)
-            for path, group, first in zip(
-                tasks.column("path").to_pylist(),
-                tasks.column("row_group").to_pylist(),
-                tasks.column("first_row").to_pylist(),
-                strict=True,
-            )
-        ]
+        parts = [self._read_one(**task) for task in tasks.to_pylist()]
         return pa.concat_tables(parts) if parts else self._empty()
 
-    def _read_one(self, path: str, row_group: int, first_row: int) -> pa.Table:
+    def _read_one(
+        self, path: str, row_group: int, first_row: int, rows: list[int] | None = None, ids: list[str] | None = None
+    ) -> pa.Table:
         with fsspec.open(path, "rb", **self.storage.fsspec_options(path)) as handle:
             parquet = pq.ParquetFile(handle)
             wanted = [getattr(self.columns, role) for role in ROW_COLUMNS] + self.keep_columns
@@ -157,7 +166,11 @@ class ReadRowGroups:
         out["text"], out["flags"] = self._text(raw, self.columns.text)
         out["source"] = pa.array([f"{path}#{first_row + i}" for i in range(raw.num_rows)], pa.string())
         out["metadata"] = self._metadata(raw)
-        return pa.table(out)
+        table = pa.table(out)
+        if rows is None:
+            return table
+        table = table.take(pa.array([row - first_row for row in rows]))
+        return table.set_column(table.schema.get_field_index("id"), "id", pa.array(ids, pa.string()))
 
     @staticmethod
     def _text(raw: pa.Table, name: str) -> tuple[pa.Array, pa.Array]:

@@ -31,11 +31,20 @@ from clipline.schemas.base import ConfigError
 from clipline.schemas.config import JobConfig, ModelConfig, ResourcesConfig
 from clipline.schemas.policy import Policy, load_policy
 from clipline.schemas.storage import StorageConfig
-from clipline.schemas.table import STATUS_FAILED, STATUS_OK
+from clipline.schemas.table import STATUS_FAILED, STATUS_OK, ErrorCode
 
 
 class RowsLost(RuntimeError):
     """Fewer (or more) rows came out of the plan than went in: the run must not look successful."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run a job: where, and which rows."""
+
+    address: str | None = None
+    full: bool = False
+    retry_failed: bool = False
 
 
 @dataclass(frozen=True)
@@ -155,9 +164,8 @@ def plan_encoders(resources: ResourcesConfig, cluster: dict[str, float]) -> Enco
     return EncoderPlan(actors=actors, cpus=resources.encoder_cpus, gpus=gpus)
 
 
-def build_dataset(config: JobConfig, files: list[InputFile], policy: Policy, encoders: EncoderPlan) -> ray.data.Dataset:
-    """The lazy plan; nothing runs until the driver iterates it."""
-    tasks = read_tasks(files)
+def build_dataset(config: JobConfig, tasks: pa.Table, policy: Policy, encoders: EncoderPlan) -> ray.data.Dataset:
+    """The lazy plan over read tasks (see `read_tasks`); nothing runs until the driver iterates it."""
     blocks = [tasks.slice(i, 1) for i in range(tasks.num_rows)]
     source, resources = config.source, config.resources
     reader = ReadRowGroups(source.columns, source.keep_columns, config.storage)
@@ -241,33 +249,26 @@ def rows_per_file(batch: pa.Table) -> Counter:
 
 
 def execute(
-    config: JobConfig, files: list[InputFile], policy: Policy, sink: LanceSink, address: str | None
+    config: JobConfig, tasks: pa.Table, policy: Policy, sink: LanceSink, address: str | None
 ) -> tuple[Tally, Counter]:
-    """Run the plan over `files`, staging every row; checks that no row was lost on the way."""
+    """Run the plan over the read tasks, staging every row; checks that no row was lost on the way."""
     ensure_ray(address)
     encoders = plan_encoders(config.resources, ray.cluster_resources())
-    dataset = build_dataset(config, files, policy, encoders)
+    dataset = build_dataset(config, tasks, policy, encoders)
     tally, per_file = Tally(), Counter()
     batches = dataset.iter_batches(batch_size=None, batch_format="pyarrow")
     for chunk in chunks(batches, config.sink.commit_rows):
         tally.add(sink.stage(chunk))
         per_file.update(rows_per_file(chunk))
-    expected = sum(file.num_rows for file in files)
-    if sum(per_file.values()) != expected:
-        raise RowsLost(f"{expected} rows read from the input but {sum(per_file.values())} came out of the plan")
     return tally, per_file
 
 
-def run_job(config: JobConfig, address: str | None = None, full: bool = False) -> RunSummary:
-    """Validate, plan, claim input files, run, commit once, record the ledger.
+def check_no_rows_lost(expected: int, per_file: Counter) -> None:
+    if sum(per_file.values()) != expected:
+        raise RowsLost(f"{expected} rows read from the input but {sum(per_file.values())} came out of the plan")
 
-    With `full`, files already in the ledger are processed again (upserts keep ids unique);
-    files claimed by a concurrent run are skipped either way.
-    """
-    started = time.perf_counter()
-    policy, files = prepare(config)
-    run_id = config.run_id or new_run_id()
-    summary = RunSummary(run_id=run_id, table_uri=config.sink.uri, table=config.sink.table)
+
+def open_sink(config: JobConfig, run_id: str) -> LanceSink:
     sink = LanceSink(
         config.sink.uri,
         config.sink.table,
@@ -277,24 +278,95 @@ def run_job(config: JobConfig, address: str | None = None, full: bool = False) -
         storage_options=config.storage.lance_options(config.sink.uri),
     )
     sink.setup()
-    ledger = Ledger(config.sink.uri, config.sink.table, run_id, config.storage, config.sink.claim_ttl_hours * 3600)
+    return sink
+
+
+def run_incremental(
+    config: JobConfig, files: list[InputFile], policy: Policy, sink: LanceSink, summary: RunSummary, options: RunOptions
+) -> Tally | None:
+    """Claim the files not yet in the ledger (all with `full`), process them, commit, then record them."""
+    ledger = Ledger(
+        config.sink.uri, config.sink.table, summary.run_id, config.storage, config.sink.claim_ttl_hours * 3600
+    )
     ledger.setup()
-    summary.table_version_before = sink.version
-    selection = ledger.select(files, full)
-    summary.files_total = len(files)
+    selection = ledger.select(files, options.full)
     summary.files_processed = [file.path for file in selection.todo]
     summary.files_skipped = [file.path for file in selection.already_committed]
     summary.files_claimed_elsewhere = [file.path for file in selection.claimed_elsewhere]
     summary.rows_in = sum(file.num_rows for file in selection.todo)
-    if selection.todo:
-        try:
-            tally, per_file = execute(config, selection.todo, policy, sink, address)
-            summary.rows_written = sink.commit()
-            ledger.record(selection.todo, per_file)
-        except BaseException:
-            sink.discard()
-            ledger.release(selection.todo)
-            raise
+    if not selection.todo:
+        return None
+    try:
+        tally, per_file = execute(config, read_tasks(selection.todo), policy, sink, options.address)
+        check_no_rows_lost(summary.rows_in, per_file)
+        summary.rows_written = sink.commit()
+        ledger.record(selection.todo, per_file)
+    except BaseException:
+        sink.discard()
+        ledger.release(selection.todo)
+        raise
+    return tally
+
+
+def failed_rows(sink: LanceSink) -> dict[str, dict[int, str]]:
+    """Failed rows worth retrying, as input file → {row number → id}.
+
+    `duplicate_id` is a fact about the input, not a transient failure, so it is not retried.
+    """
+    rows = (
+        sink.table.search()
+        .where(f"status = '{STATUS_FAILED}' AND coalesce(error_code, '') != '{ErrorCode.DUPLICATE_ID.value}'")
+        .select(["id", "source"])
+        .limit(None)
+        .to_arrow()
+    )
+    only: dict[str, dict[int, str]] = {}
+    for row_id, source in zip(rows.column("id").to_pylist(), rows.column("source").to_pylist(), strict=True):
+        path, row = source.rsplit("#", 1)
+        only.setdefault(path, {})[int(row)] = row_id
+    return only
+
+
+def run_retry_failed(
+    config: JobConfig, files: list[InputFile], policy: Policy, sink: LanceSink, summary: RunSummary, options: RunOptions
+) -> Tally | None:
+    """Reprocess only the table's failed rows, under the ids they already have, in one commit.
+
+    The ledger is left alone: these files are already recorded, only some of their rows change.
+    """
+    only = failed_rows(sink)
+    retry_files = [file for file in files if file.path in only]
+    summary.files_processed = [file.path for file in retry_files]
+    summary.rows_in = sum(len(only[file.path]) for file in retry_files)
+    if not retry_files:
+        return None
+    try:
+        tally, per_file = execute(config, read_tasks(retry_files, only), policy, sink, options.address)
+        check_no_rows_lost(summary.rows_in, per_file)
+        summary.rows_written = sink.commit()
+    except BaseException:
+        sink.discard()
+        raise
+    return tally
+
+
+def run_job(config: JobConfig, options: RunOptions | None = None) -> RunSummary:
+    """Validate and plan (no cluster yet), process, commit once, and summarise.
+
+    Default: only input files not yet in the ledger. `full`: every file again (upserts keep ids
+    unique). `retry_failed`: only rows whose status is failed. Files claimed by a concurrent run
+    are skipped in every mode.
+    """
+    options = options or RunOptions()
+    started = time.perf_counter()
+    policy, files = prepare(config)
+    summary = RunSummary(run_id=config.run_id or new_run_id(), table_uri=config.sink.uri, table=config.sink.table)
+    summary.files_total = len(files)
+    sink = open_sink(config, summary.run_id)
+    summary.table_version_before = sink.version
+    mode = run_retry_failed if options.retry_failed else run_incremental
+    tally = mode(config, files, policy, sink, summary, options)
+    if tally is not None:
         tally.fill(summary)
     summary.table_rows = sink.count_rows()
     summary.table_version_after = sink.version

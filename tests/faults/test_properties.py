@@ -72,8 +72,7 @@ def test_arbitrary_policies_validate_or_fail_with_a_field(data):
 
 def test_load_policy_wraps_errors_with_the_file_and_field(tmp_path):
     path = tmp_path / "p.yaml"
-    path.write_text(
-        "name: p\nversion: 1\ncategories:\n  - {name: star, positive: [star], negative: [circle], review_threshold: 2}\n"
-    )
+    category = "{name: star, positive: [star], negative: [circle], review_threshold: 2}"
+    path.write_text(f"name: p\nversion: 1\ncategories:\n  - {category}\n")
     with pytest.raises(ConfigError, match=r"categories\.0\.review_threshold"):
         load_policy(path)

@@ -58,7 +58,7 @@ def test_renamed_columns_and_kept_metadata(tmp_path):
 
 
 def test_text_stored_as_bytes_is_decoded_and_invalid_utf8_is_flagged(tmp_path):
-    texts = ["plain".encode(), "caf\xe9".encode("latin-1"), None, "ok ✓".encode()]
+    texts = [b"plain", "caf\xe9".encode("latin-1"), None, "ok ✓".encode()]
     path = write(tmp_path / "bytes.parquet", pa.table({"text": pa.array(texts, pa.binary()), "id": [1, 2, 3, 4]}))
     files = plan_input_files([path], ColumnsConfig(), StorageConfig())
     out = ReadRowGroups(ColumnsConfig(), keep_columns=[], storage=StorageConfig())(read_tasks(files)).to_pylist()

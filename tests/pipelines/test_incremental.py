@@ -10,7 +10,7 @@ import lancedb
 import pytest
 import yaml
 
-from clipline.pipelines.embed import run_job
+from clipline.pipelines.embed import RunOptions, run_job
 from clipline.schemas.config import load_job_config
 from tests.pipelines.inputs import image_rows, write_parquet
 
@@ -57,7 +57,7 @@ def test_rerun_processes_only_new_or_changed_files(ray_local, tmp_path):
     nothing = run_job(config)
     assert nothing.rows_in == 0 and nothing.table_version_after == nothing.table_version_before
 
-    full = run_job(config, full=True)
+    full = run_job(config, RunOptions(full=True))
     assert names(full.files_processed) == ["a.parquet", "b.parquet", "c.parquet"] and full.rows_in == 13
     assert len(table_ids(tmp_path)) == 18
 
