@@ -21,7 +21,7 @@ import lancedb
 import pyarrow as pa
 
 from clipline.operators.read import InputFile
-from clipline.operators.sink import open_existing_table
+from clipline.operators.sink import open_or_create_table
 from clipline.schemas.storage import StorageConfig
 
 LEDGER_SCHEMA = pa.schema(
@@ -78,9 +78,7 @@ class Ledger:
 
     def setup(self) -> None:
         db = lancedb.connect(self.db_uri, storage_options=self.storage.lance_options(self.db_uri) or None)
-        self.table = open_existing_table(db, self.table_name) or db.create_table(
-            self.table_name, schema=LEDGER_SCHEMA, exist_ok=True
-        )
+        self.table = open_or_create_table(db, self.table_name, LEDGER_SCHEMA)
         self.fs.makedirs(self.claims_root, exist_ok=True)
 
     def committed_versions(self) -> set[tuple[str, str]]:

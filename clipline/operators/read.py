@@ -67,19 +67,31 @@ def file_version(info: dict) -> str:
     return f"{info.get('size')}-{info.get('mtime') or info.get('LastModified') or info.get('created')}"
 
 
+def _parquet_entries(fs: fsspec.AbstractFileSystem, root: str, original: str) -> dict[str, dict]:
+    """Parquet files at or under `root`, with storage errors turned into messages naming the path.
+
+    Unreachable endpoints, missing buckets and refused credentials all surface here, on the
+    driver, before any cluster work; the messages name the path and the error type, never a key.
+    """
+    try:
+        info = fs.info(root)
+        if info.get("type") != "directory":
+            return {root: info}
+        return {path: entry for path, entry in fs.find(root, detail=True).items() if path.endswith(".parquet")}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"source.paths: {original} does not exist") from exc
+    except PermissionError as exc:
+        raise ConfigError(f"source.paths: access to {original} was refused; check the credentials") from exc
+    except Exception as exc:
+        raise ConfigError(f"source.paths: cannot read {original}: {type(exc).__name__}: {exc}") from exc
+
+
 def list_parquet_files(paths: list[str], storage: StorageConfig) -> list[tuple[str, int, str]]:
     """Expand files and directories (recursively) into (parquet file, size, version), sorted."""
     found: dict[str, tuple[int, str]] = {}
     for original in paths:
         fs, root = fsspec.core.url_to_fs(original, **storage.fsspec_options(original))
-        if not fs.exists(root):
-            raise ConfigError(f"source.paths: {original} does not exist")
-        if fs.isdir(root):
-            entries = fs.find(root, detail=True)
-            matches = {p: info for p, info in entries.items() if p.endswith(".parquet")}
-        else:
-            matches = {root: fs.info(root)}
-        for path, info in matches.items():
+        for path, info in _parquet_entries(fs, root, original).items():
             found[_with_protocol(fs, path, original)] = (int(info.get("size") or 0), file_version(info))
     if not found:
         raise ConfigError(f"source.paths: no .parquet files under {paths}")

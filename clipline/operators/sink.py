@@ -75,6 +75,12 @@ def open_existing_table(db: lancedb.DBConnection, name: str) -> lancedb.table.Ta
         return None
 
 
+def open_or_create_table(db: lancedb.DBConnection, name: str, schema: pa.Schema) -> lancedb.table.Table:
+    """The existing table (whatever its schema: callers check it), else a new empty one."""
+    table = open_existing_table(db, name)
+    return table if table is not None else db.create_table(name, schema=schema, exist_ok=True)
+
+
 def check_table_model(existing: pa.Schema, wanted: pa.Schema, table: str) -> None:
     """Refuse to mix embeddings: say which of model, weights or dimension differs."""
     have, want = existing.metadata or {}, wanted.metadata or {}
@@ -145,9 +151,7 @@ class LanceSink:
     def setup(self) -> None:
         """Open or create the table; refuse one written by another model; load human overrides."""
         db = lancedb.connect(self.uri, storage_options=self.storage_options)
-        self.table = open_existing_table(db, self.table_name) or db.create_table(
-            self.table_name, schema=self.table_schema, exist_ok=True
-        )
+        self.table = open_or_create_table(db, self.table_name, self.table_schema)
         check_table_model(self.table.schema, self.table_schema, self.table_name)
         self.overrides = load_overrides(self.table)
         self.staging_db = lancedb.connect(f"{self.uri}/_clipline/staging", storage_options=self.storage_options)

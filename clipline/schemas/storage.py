@@ -31,7 +31,12 @@ class StorageConfig(StrictModel):
         """Keyword arguments for `fsspec.open`/`url_to_fs` on `url` (none for local paths)."""
         if not is_s3(url):
             return {}
-        options: dict = {"anon": self.anonymous}
+        # botocore's standard retry mode backs off on throttling (503 SlowDown) and connection
+        # errors; a short connect timeout makes an unreachable endpoint fail in seconds.
+        options: dict = {
+            "anon": self.anonymous,
+            "config_kwargs": {"connect_timeout": 5, "retries": {"max_attempts": 6, "mode": "standard"}},
+        }
         if self.endpoint_url:
             options["endpoint_url"] = self.endpoint_url
         if self.region:
