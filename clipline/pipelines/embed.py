@@ -23,7 +23,7 @@ import ray
 from clipline.models.loader import check_weights_source, image_size_for, model_config_dict
 from clipline.operators.classify import ClassifyPolicy
 from clipline.operators.decode import DecodeImages
-from clipline.operators.encode import EncodeClip
+from clipline.operators.encode import EncodeClip, torch_threads_for
 from clipline.operators.ledger import Ledger
 from clipline.operators.read import InputFile, ReadRowGroups, plan_input_files, read_tasks
 from clipline.operators.sink import LanceSink
@@ -124,14 +124,16 @@ class Tally:
 class EncodeClassifyActor:
     """One actor = one model in memory; it encodes then scores, sharing the loaded model."""
 
-    def __init__(self, model: ModelConfig, policy: Policy, cpus: float, storage: StorageConfig) -> None:
-        self.encode = EncodeClip(model, cpus=cpus, storage=storage)
+    def __init__(self, model: ModelConfig, policy: Policy | None, threads: int, storage: StorageConfig) -> None:
+        self.encode = EncodeClip(model, cpus=threads, storage=storage)
         self.encode.setup()
-        self.classify = ClassifyPolicy(policy)
-        self.classify.setup(self.encode.bundle)
+        self.classify = ClassifyPolicy(policy) if policy is not None else None
+        if self.classify is not None:
+            self.classify.setup(self.encode.bundle)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.classify(self.encode(batch))
+        encoded = self.encode(batch)
+        return self.classify(encoded) if self.classify is not None else encoded
 
 
 def new_run_id() -> str:
@@ -164,7 +166,7 @@ def plan_encoders(resources: ResourcesConfig, cluster: dict[str, float]) -> Enco
     return EncoderPlan(actors=actors, cpus=resources.encoder_cpus, gpus=gpus)
 
 
-def build_dataset(config: JobConfig, tasks: pa.Table, policy: Policy, encoders: EncoderPlan) -> ray.data.Dataset:
+def build_dataset(config: JobConfig, tasks: pa.Table, policy: Policy | None, encoders: EncoderPlan) -> ray.data.Dataset:
     """The lazy plan over read tasks (see `read_tasks`); nothing runs until the driver iterates it."""
     blocks = [tasks.slice(i, 1) for i in range(tasks.num_rows)]
     source, resources = config.source, config.resources
@@ -187,7 +189,7 @@ def build_dataset(config: JobConfig, tasks: pa.Table, policy: Policy, encoders: 
             fn_constructor_kwargs={
                 "model": config.model,
                 "policy": policy,
-                "cpus": encoders.cpus,
+                "threads": resources.torch_threads or torch_threads_for(encoders.cpus),
                 "storage": config.storage,
             },
             compute=ray.data.ActorPoolStrategy(size=encoders.actors),
@@ -232,9 +234,9 @@ def ensure_ray(address: str | None) -> None:
         ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False)
 
 
-def prepare(config: JobConfig) -> tuple[Policy, list[InputFile]]:
+def prepare(config: JobConfig) -> tuple[Policy | None, list[InputFile]]:
     """Everything that can fail without a cluster: policy, model config, input footers."""
-    policy = load_policy(config.policy)
+    policy = load_policy(config.policy) if config.policy else None
     try:
         check_weights_source(config.model)
     except ValueError as exc:
@@ -249,7 +251,7 @@ def rows_per_file(batch: pa.Table) -> Counter:
 
 
 def execute(
-    config: JobConfig, tasks: pa.Table, policy: Policy, sink: LanceSink, address: str | None
+    config: JobConfig, tasks: pa.Table, policy: Policy | None, sink: LanceSink, address: str | None
 ) -> tuple[Tally, Counter]:
     """Run the plan over the read tasks, staging every row; checks that no row was lost on the way."""
     ensure_ray(address)
@@ -282,7 +284,12 @@ def open_sink(config: JobConfig, run_id: str) -> LanceSink:
 
 
 def run_incremental(
-    config: JobConfig, files: list[InputFile], policy: Policy, sink: LanceSink, summary: RunSummary, options: RunOptions
+    config: JobConfig,
+    files: list[InputFile],
+    policy: Policy | None,
+    sink: LanceSink,
+    summary: RunSummary,
+    options: RunOptions,
 ) -> Tally | None:
     """Claim the files not yet in the ledger (all with `full`), process them, commit, then record them."""
     ledger = Ledger(
@@ -328,7 +335,12 @@ def failed_rows(sink: LanceSink) -> dict[str, dict[int, str]]:
 
 
 def run_retry_failed(
-    config: JobConfig, files: list[InputFile], policy: Policy, sink: LanceSink, summary: RunSummary, options: RunOptions
+    config: JobConfig,
+    files: list[InputFile],
+    policy: Policy | None,
+    sink: LanceSink,
+    summary: RunSummary,
+    options: RunOptions,
 ) -> Tally | None:
     """Reprocess only the table's failed rows, under the ids they already have, in one commit.
 

@@ -90,6 +90,9 @@ class ResourcesConfig(StrictModel):
     decode_batch_size: int = Field(default=64, gt=0)
     encoders: int | None = Field(default=None, gt=0, description="Encoder actors; null = from cluster")
     encoder_cpus: float = Field(default=1.0, gt=0)
+    torch_threads: int | None = Field(
+        default=None, gt=0, description="Intra-op threads per CPU encoder; null = one per reserved CPU"
+    )
     encoder_gpus: float | None = Field(default=None, ge=0, description="GPUs per encoder; null = 1 if any")
     decode_cpus: float = Field(default=1.0, gt=0)
     encoder_memory_gb: float = Field(
@@ -125,7 +128,7 @@ class JobConfig(StrictModel):
 
     source: SourceConfig
     model: ModelConfig = ModelConfig()
-    policy: str = Field(description="Path to the policy YAML")
+    policy: str | None = Field(default=None, description="Policy YAML; null = embed only, no scores or decisions")
     sink: SinkConfig
     resources: ResourcesConfig = ResourcesConfig()
     storage: StorageConfig = StorageConfig()
