@@ -16,9 +16,9 @@ demo: $(INSTALLED)
 	$(BIN)/clipline demo --out ./clipline-demo
 
 test: $(INSTALLED)
-	$(BIN)/ruff check clipline tests
+	$(BIN)/ruff check clipline tests benchmarks
 	$(BIN)/python -m pytest
 
 lint: $(INSTALLED)
-	$(BIN)/ruff check clipline tests
+	$(BIN)/ruff check clipline tests benchmarks
 	$(BIN)/ruff format --check clipline tests

@@ -1,0 +1,1 @@
+"""Speed harnesses: ratios measured on one machine in one run."""

@@ -1,0 +1,254 @@
+"""Throughput harness: clipline against a bare open_clip loop, as ratios measured in one run.
+
+    python -m benchmarks.throughput [--model ViT-B-32 --pretrained none] [--n 512] [--threads 2]
+
+All stages run on the same generated JPEG parquet and the same model:
+  (a) bare      Pillow decode + open_clip preprocess + encode_image in batches, no Ray, `--threads` threads
+  (b) embed     the clipline pipeline, embedding only
+  (c) moderate  the pipeline with a policy of >= `--prompts` prompts
+  (d) write     LanceDB staging + one merge commit of the same number of rows, alone
+plus Ray Data's overhead per batch through an actor pool that does nothing. Times are end to end for
+what a user waits on (model loading included, Ray's own start excluded). Results go to a table on
+stdout, `throughput.json` and `throughput.png` in `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import torch
+import yaml
+from PIL import Image
+
+from clipline.models.loader import load_clip
+from clipline.operators.columns import embedding_array
+from clipline.operators.sink import LanceSink
+from clipline.pipelines.embed import RunOptions, ensure_ray, run_job
+from clipline.schemas.config import JobConfig, ModelConfig
+
+
+def photo_like(rng: np.random.Generator) -> Image.Image:
+    """A smooth gradient with blobs and sensor noise at a camera-ish size: JPEG sizes like real uploads."""
+    width, height = int(rng.integers(480, 1024)), int(rng.integers(360, 768))
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([x / width * 255, y / height * 255, (x + y) / (width + height) * 255], axis=-1)
+    for _ in range(4):
+        cx, cy, radius = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(30, 200)
+        blob = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * radius**2))[..., None]
+        base = base * (1 - blob) + rng.uniform(0, 255, 3) * blob
+    base += rng.normal(0, 6, base.shape)
+    return Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+
+
+def write_inputs(directory: Path, n: int, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(n):
+        buffer = io.BytesIO()
+        photo_like(rng).save(buffer, format="JPEG", quality=85)
+        images.append(buffer.getvalue())
+    path = directory / "in" / "images.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ids = [f"img-{i}" for i in range(n)]
+    pq.write_table(pa.table({"id": ids, "image": pa.array(images, pa.binary())}), path, row_group_size=64)
+    return path
+
+
+def big_policy(directory: Path, prompts: int) -> Path:
+    """A policy with at least `prompts` prompts (templates not counted), for the moderation cost."""
+    per_category = 10
+    categories = [
+        {
+            "name": f"c{i}",
+            "positive": [f"concept {i} variant {j}" for j in range(per_category // 2)],
+            "negative": [f"other thing {i} variant {j}" for j in range(per_category // 2)],
+            "review_threshold": 0.5,
+            "block_threshold": 0.9,
+        }
+        for i in range(-(-prompts // per_category))
+    ]
+    path = directory / "policy.yaml"
+    path.write_text(yaml.safe_dump({"name": "bench", "version": "1", "categories": categories}))
+    return path
+
+
+def bare_loop(model: ModelConfig, parquet: Path, batch_size: int, threads: int) -> float:
+    """The reference: what a careful engineer writes without a pipeline. Returns seconds."""
+    torch.set_num_threads(threads)
+    images = pq.read_table(parquet, columns=["image"]).column("image").to_pylist()
+    started = time.perf_counter()
+    bundle = load_clip(model)
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            batch = [
+                bundle.preprocess(Image.open(io.BytesIO(data)).convert("RGB"))
+                for data in images[start : start + batch_size]
+            ]
+            features = bundle.model.encode_image(torch.stack(batch))
+            torch.nn.functional.normalize(features, dim=-1)
+    return time.perf_counter() - started
+
+
+def pipeline_run(
+    model: ModelConfig, parquet: Path, db: Path, policy: Path | None, batch_size: int, threads: int
+) -> float:
+    config = JobConfig.model_validate(
+        {
+            "source": {"paths": [str(parquet)]},
+            "model": model.model_dump(exclude_none=True),
+            "policy": str(policy) if policy else None,
+            "sink": {"uri": str(db)},
+            "resources": {"batch_size": batch_size, "torch_threads": threads},
+        }
+    )
+    started = time.perf_counter()
+    summary = run_job(config, RunOptions(full=True))
+    assert summary.rows_in == summary.ok, summary
+    return time.perf_counter() - started
+
+
+def lance_write_only(db: Path, n: int, dim: int, model: ModelConfig) -> float:
+    vectors = np.random.default_rng(0).normal(size=(n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    rows = pa.table(
+        {
+            "id": [f"img-{i}" for i in range(n)],
+            "content_sha256": [f"{i:064x}" for i in range(n)],
+            "source": [f"x#{i}" for i in range(n)],
+            "status": ["ok"] * n,
+            "image_embedding": embedding_array(vectors, np.ones(n, dtype=bool), dim),
+        }
+    )
+    started = time.perf_counter()
+    sink = LanceSink(str(db), "media", dim, model, "bench-write")
+    sink.setup()
+    sink.stage(rows)
+    sink.commit()
+    return time.perf_counter() - started
+
+
+class NoOp:
+    """An actor that returns its batch: what is left is Ray Data's own cost per batch."""
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return batch
+
+
+def ray_overhead_per_batch(n_batches: int, batch_size: int) -> float:
+    table = pa.table(
+        {"x": np.zeros(n_batches * batch_size, dtype=np.float32), "pixels": [b"\0" * 50_000] * (n_batches * batch_size)}
+    )
+    dataset = ray.data.from_arrow([table.slice(i * batch_size, batch_size) for i in range(n_batches)])
+    started = time.perf_counter()
+    plan = dataset.map_batches(
+        NoOp, compute=ray.data.ActorPoolStrategy(size=1), batch_size=batch_size, batch_format="pyarrow", num_cpus=1
+    )
+    for _ in plan.iter_batches(batch_size=None, batch_format="pyarrow"):
+        pass
+    return (time.perf_counter() - started) / n_batches
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = ["bare", "embed", "moderate"]
+    rates = [results["img_per_s"][stage] for stage in stages]
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    bars = axis.bar(
+        ["(a) bare loop", "(b) pipeline\nembed only", "(c) pipeline\n+ moderation"],
+        rates,
+        color=["#888", "#3b7dd8", "#d8893b"],
+    )
+    axis.bar_label(bars, fmt="%.1f img/s")
+    axis.set_ylabel("images / s")
+    axis.set_title(f"{results['model']} on {results['machine']['cpus']} CPUs, n={results['n']}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--pretrained", default="none")
+    parser.add_argument("--n", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--prompts", type=int, default=200)
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args(argv)
+    model = ModelConfig(arch=args.model, pretrained=args.pretrained)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="clipline-bench-"))
+    parquet = write_inputs(work, args.n)
+    policy = big_policy(work, args.prompts)
+    ensure_ray(None)
+    dim = load_clip(model).embed_dim
+    seconds = {
+        "bare": bare_loop(model, parquet, args.batch_size, args.threads),
+        "embed": pipeline_run(model, parquet, work / "db-embed", None, args.batch_size, args.threads),
+        "moderate": pipeline_run(model, parquet, work / "db-moderate", policy, args.batch_size, args.threads),
+        "write": lance_write_only(work / "db-write", args.n, dim, model),
+    }
+    overhead = ray_overhead_per_batch(20, args.batch_size)
+    rates = {stage: args.n / secs for stage, secs in seconds.items() if stage != "write"}
+    results = {
+        "model": args.model,
+        "pretrained": model.weights_label,
+        "n": args.n,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "prompts": args.prompts,
+        "machine": {
+            "cpus": ray.cluster_resources().get("CPU"),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+        },
+        "seconds": seconds,
+        "img_per_s": rates,
+        "ratios": {
+            "pipeline_over_bare": rates["embed"] / rates["bare"],
+            "moderation_over_embedding": rates["moderate"] / rates["embed"],
+        },
+        "lance_write_share_of_pipeline": seconds["write"] / seconds["embed"],
+        "ray_overhead_ms_per_batch": overhead * 1000,
+    }
+    (out / "throughput.json").write_text(json.dumps(results, indent=2))
+    plot(results, out / "throughput.png")
+    print_table(results)
+    return results
+
+
+def print_table(results: dict) -> None:
+    setup = f"n={results['n']}, batch {results['batch_size']}, {results['threads']} threads"
+    print(f"\n{results['model']} ({results['pretrained']}), {setup}")
+    for stage, label in (
+        ("bare", "(a) bare open_clip loop"),
+        ("embed", "(b) pipeline, embedding only"),
+        ("moderate", f"(c) pipeline + {results['prompts']}-prompt policy"),
+    ):
+        print(f"  {label:<36} {results['img_per_s'][stage]:8.2f} img/s   {results['seconds'][stage]:7.1f} s")
+    print(f"  {'(d) Lance write only':<36} {'':8}         {results['seconds']['write']:7.2f} s")
+    ratios = results["ratios"]
+    print(f"  pipeline / bare          {ratios['pipeline_over_bare']:.3f}")
+    print(f"  moderation / embedding   {ratios['moderation_over_embedding']:.3f}")
+    print(f"  Lance write share        {results['lance_write_share_of_pipeline']:.3f}")
+    print(f"  Ray overhead per batch   {results['ray_overhead_ms_per_batch']:.1f} ms (no-op actor)")
+
+
+if __name__ == "__main__":
+    main()

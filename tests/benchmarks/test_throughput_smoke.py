@@ -1,0 +1,22 @@
+"""The throughput harness runs end to end and writes its table, JSON and plot (no speed asserted here)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.throughput import main
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def test_harness_writes_results(ray_local, tmp_path, capsys):
+    results = main(["--model", "clipline-tiny", "--n", "32", "--batch-size", "16", "--out", str(tmp_path)])
+    written = json.loads((tmp_path / "throughput.json").read_text())
+    assert written["n"] == 32 and set(written["img_per_s"]) == {"bare", "embed", "moderate"}
+    assert all(rate > 0 for rate in written["img_per_s"].values())
+    assert set(written["ratios"]) == {"pipeline_over_bare", "moderation_over_embedding"}
+    assert (tmp_path / "throughput.png").stat().st_size > 1000
+    assert "pipeline / bare" in capsys.readouterr().out
+    assert results["ratios"] == written["ratios"]
