@@ -121,7 +121,8 @@ def test_second_run_leaves_row_count_and_ids_unchanged(demo):
 
 def test_cli_run_joins_an_existing_cluster_via_address(demo, ray_local):
     address = ray_local.get_runtime_context().gcs_address
-    command = [sys.executable, "-m", "clipline.jobs.cli", "run", str(demo["out"] / "job.yaml"), "--address", address]
+    job = str(demo["out"] / "job.yaml")
+    command = [sys.executable, "-m", "clipline.jobs.cli", "run", job, "--address", address, "--full"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Connecting to existing Ray cluster" in result.stderr
