@@ -41,6 +41,8 @@ def format_summary(summary: RunSummary) -> str:
         f"  table          {summary.table_uri} :: {summary.table} "
         f"({summary.table_rows} rows, version {summary.table_version_before} → {summary.table_version_after})",
     ]
+    if summary.report_uri:
+        lines.append(f"  report         {summary.report_uri}")
     return "\n".join(lines)
 
 

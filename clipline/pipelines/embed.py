@@ -11,6 +11,7 @@ import math
 import os
 import time
 import uuid
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -27,6 +28,7 @@ from clipline.operators.encode import EncodeClip, torch_threads_for
 from clipline.operators.ledger import Ledger
 from clipline.operators.read import InputFile, ReadRowGroups, plan_input_files, read_tasks
 from clipline.operators.sink import LanceSink
+from clipline.reports import write_run_artifacts
 from clipline.schemas.base import ConfigError
 from clipline.schemas.config import JobConfig, ModelConfig, ResourcesConfig
 from clipline.schemas.policy import Policy, load_policy
@@ -79,6 +81,8 @@ class RunSummary:
     table_version_before: int = 0
     table_version_after: int = 0
     wall_s: float = 0.0
+    manifest_uri: str | None = None
+    report_uri: str | None = None
 
     @property
     def rows_per_s(self) -> float:
@@ -95,6 +99,7 @@ class Tally:
         self.counters: dict[str, Counter] = {name: Counter() for name in ("status", "error_code", "decision")}
         self.labels: Counter = Counter()
         self.flagged: Counter = Counter()
+        self.stats = None  # Ray Data's stats summary of the plan, set by execute(), for the manifest
 
     def add(self, batch: pa.Table) -> None:
         for name, counter in self.counters.items():
@@ -262,6 +267,7 @@ def execute(
     for chunk in chunks(batches, config.sink.commit_rows):
         tally.add(sink.stage(chunk))
         per_file.update(rows_per_file(chunk))
+    tally.stats = dataset.get_stats_summary()
     return tally, per_file
 
 
@@ -383,4 +389,9 @@ def run_job(config: JobConfig, options: RunOptions | None = None) -> RunSummary:
     summary.table_rows = sink.count_rows()
     summary.table_version_after = sink.version
     summary.wall_s = time.perf_counter() - started
+    try:
+        artifacts = write_run_artifacts(summary, config, tally.stats if tally else None, config.storage, policy=policy)
+        summary.manifest_uri, summary.report_uri = artifacts.manifest_uri, artifacts.report_uri
+    except Exception as exc:  # the rows are committed: a manifest/report problem must not fail the run
+        warnings.warn(f"run {summary.run_id}: manifest/report not written: {type(exc).__name__}: {exc}", stacklevel=2)
     return summary
