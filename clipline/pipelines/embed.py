@@ -244,6 +244,9 @@ def prepare(config: JobConfig) -> tuple[Policy | None, list[InputFile]]:
     policy = load_policy(config.policy) if config.policy else None
     try:
         check_weights_source(config.model)
+        if policy is not None:
+            embed_dim = int(model_config_dict(config.model.arch)["embed_dim"])
+            policy.check_heads(f"{config.model.arch}/{config.model.weights_label}", embed_dim)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     files = plan_input_files(config.source.paths, config.source.columns, config.storage)
