@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from clipline.jobs import moderation_cli, report_cli, search_cli
+from clipline.jobs import moderation_cli, report_cli, retrieval_cli, search_cli
 from clipline.jobs.run import add_run_arguments, format_summary, options_from_args, run_from_file
 
 # Verbs that work on an existing table live in their own modules, each with `register(verbs)`.
-VERB_MODULES = (search_cli, report_cli, moderation_cli)
+VERB_MODULES = (search_cli, report_cli, moderation_cli, retrieval_cli)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -34,6 +34,12 @@ def format_summary(summary: RunSummary) -> str:
     for category, actions in summary.flagged.items():
         counts = ", ".join(f"{action}: {count}" for action, count in sorted(actions.items()))
         lines.append(f"    {category:<12} {counts}")
+    if summary.dedup.get("duplicates"):
+        dedup = summary.dedup
+        lines.append(
+            f"  duplicates     {dedup['duplicates']} (exact {dedup['exact']}, near {dedup['near']}; "
+            f"of earlier rows {dedup['of_table']}, within the run {dedup['of_run']})"
+        )
     if summary.labels:
         lines.append("  labels         " + ", ".join(f"{k}: {v}" for k, v in sorted(summary.labels.items())))
     lines += [

@@ -1,4 +1,4 @@
-"""`clipline search`: text → image search over a table."""
+"""`clipline search`: text → image, image → image (reverse image search), more like a row."""
 
 from __future__ import annotations
 
@@ -9,32 +9,48 @@ import sys
 from clipline.jobs.table_args import add_table_arguments, storage_from_args
 
 
+def format_results(rows: list[dict]) -> str:
+    lines = [f"{'rank':>4}  {'score':<6} {'id':<24} {'decision':<8} {'labels':<20} source"]
+    for rank, row in enumerate(rows, 1):
+        labels = ",".join(row["labels"] or []) or "-"
+        lines.append(
+            f"{rank:>4}  {row['score']:.3f}  {row['id']:<24} {row['decision'] or '-':<8} {labels:<20} {row['source']}"
+        )
+    return "\n".join(lines)
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from clipline.pipelines.search import search_table
 
     try:
         results = search_table(
-            args.db, args.table, args.text, k=args.k, where=args.where, storage=storage_from_args(args)
+            args.db,
+            args.table,
+            args.text,
+            k=args.k,
+            where=args.where,
+            storage=storage_from_args(args),
+            image=args.image,
+            like=args.like,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a bad --where is reported by LanceDB as a generic error
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
     rows = results.to_pylist()
-    if args.json:
-        print(json.dumps(rows, indent=2, default=str))
-        return 0
-    for rank, row in enumerate(rows, 1):
-        labels = ",".join(row["labels"] or [])
-        print(
-            f"{rank:>3}  {row['score']:.3f}  {row['id']:<24} {row['decision'] or '-':<7} {labels:<20} {row['source']}"
-        )
+    print(json.dumps(rows, indent=2, default=str) if args.json else format_results(rows))
     return 0
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
-    search = verbs.add_parser("search", help="text → image search over a table")
+    search = verbs.add_parser("search", help="text → image, image → image or more-like-this search over a table")
     add_table_arguments(search)
-    search.add_argument("--text", required=True, help="query text")
+    query = search.add_mutually_exclusive_group(required=True)
+    query.add_argument("--text", help="query text (text → image)")
+    query.add_argument("--image", help="query image: local path or URI (reverse image search)")
+    query.add_argument("--like", metavar="ID", help="id of a row: rows whose images are like its image")
     search.add_argument("--where", default=None, help="SQL prefilter, e.g. \"decision = 'allow'\"")
     search.add_argument("-k", type=int, default=10, help="number of results")
     search.add_argument("--json", action="store_true", help="print results as JSON")

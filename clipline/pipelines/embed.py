@@ -28,6 +28,8 @@ from clipline.operators.encode import EncodeClip, torch_threads_for
 from clipline.operators.ledger import Ledger
 from clipline.operators.read import InputFile, ReadRowGroups, plan_input_files, read_tasks
 from clipline.operators.sink import LanceSink
+from clipline.pipelines.dedup import annotate_duplicates
+from clipline.pipelines.maintain import maintain_table
 from clipline.reports import write_run_artifacts
 from clipline.schemas.base import ConfigError
 from clipline.schemas.config import JobConfig, ModelConfig, ResourcesConfig
@@ -81,6 +83,8 @@ class RunSummary:
     table_version_before: int = 0
     table_version_after: int = 0
     wall_s: float = 0.0
+    dedup: dict = field(default_factory=dict)
+    maintenance: dict = field(default_factory=dict)
     manifest_uri: str | None = None
     report_uri: str | None = None
 
@@ -292,6 +296,14 @@ def open_sink(config: JobConfig, run_id: str) -> LanceSink:
     return sink
 
 
+def commit(config: JobConfig, sink: LanceSink, summary: RunSummary) -> None:
+    """Annotate duplicates on the staged rows, merge them in one commit, then optional upkeep."""
+    summary.dedup = annotate_duplicates(sink.staging, sink.table, config.dedup).to_dict()
+    summary.rows_written = sink.commit()
+    if config.sink.maintain_after_run:
+        summary.maintenance = maintain_table(sink.table).to_dict()
+
+
 def run_incremental(
     config: JobConfig,
     files: list[InputFile],
@@ -315,7 +327,7 @@ def run_incremental(
     try:
         tally, per_file = execute(config, read_tasks(selection.todo), policy, sink, options.address)
         check_no_rows_lost(summary.rows_in, per_file)
-        summary.rows_written = sink.commit()
+        commit(config, sink, summary)
         ledger.record(selection.todo, per_file)
     except BaseException:
         sink.discard()
@@ -364,7 +376,7 @@ def run_retry_failed(
     try:
         tally, per_file = execute(config, read_tasks(retry_files, only), policy, sink, options.address)
         check_no_rows_lost(summary.rows_in, per_file)
-        summary.rows_written = sink.commit()
+        commit(config, sink, summary)
     except BaseException:
         sink.discard()
         raise

@@ -1,0 +1,89 @@
+"""`clipline maintain` (indexes, compaction, cleanup) and `clipline curate` (curated exports)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import timedelta
+
+from clipline.jobs.table_args import add_table_arguments, storage_from_args
+
+
+def _open(args: argparse.Namespace):
+    from clipline.pipelines.search import open_table
+
+    storage = storage_from_args(args)
+    return open_table(args.db, args.table, storage.lance_options(args.db)), storage
+
+
+def cmd_maintain(args: argparse.Namespace) -> int:
+    from clipline.pipelines.maintain import maintain_table
+
+    try:
+        table, _ = _open(args)
+        report = maintain_table(table, retention=timedelta(days=args.retention_days))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.to_dict(), indent=2, default=str) if args.json else report.format())
+    return 0
+
+
+def format_manifest(manifest: dict) -> str:
+    counts = manifest["counts"]
+    dropped = ", ".join(f"{reason}: {n}" for reason, n in counts["dropped"].items())
+    table = manifest["table"]
+    return "\n".join(
+        [
+            f"curated {manifest['output']} ({manifest['format']})",
+            f"  table        {table['uri']} :: {table['name']} (version {table['version']}, {table['rows']} rows)",
+            f"  kept         {counts['kept']}",
+            f"  dropped      {dropped}",
+        ]
+    )
+
+
+def cmd_curate(args: argparse.Namespace) -> int:
+    from clipline.pipelines.curate import DEFAULT_COLUMNS, CurateQuery, curate
+
+    try:
+        extra = [column.strip() for column in (args.columns or "").split(",") if column.strip()]
+        query = CurateQuery(
+            where=args.where,
+            dedup=args.dedup,
+            min_clip_score=args.min_clip_score,
+            max_per_cluster=args.max_per_cluster,
+            columns=[*DEFAULT_COLUMNS, *extra],
+        )
+        table, storage = _open(args)
+        manifest = curate(table, args.out, query, storage, table_uri=args.db)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bad --where is reported by LanceDB as a generic error
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(manifest, indent=2, default=str) if args.json else format_manifest(manifest))
+    return 0
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    maintain = verbs.add_parser("maintain", help="create/refresh indexes, compact fragments, remove old versions")
+    add_table_arguments(maintain)
+    maintain.add_argument(
+        "--retention-days", type=float, default=7.0, help="keep versions younger than this (default 7)"
+    )
+    maintain.add_argument("--json", action="store_true", help="print the report as JSON")
+    maintain.set_defaults(handler=cmd_maintain)
+
+    curate = verbs.add_parser("curate", help="export a filtered, deduplicated subset with a manifest")
+    add_table_arguments(curate)
+    curate.add_argument("--out", required=True, help="output *.parquet file or *.lance dataset (local or s3://)")
+    curate.add_argument("--where", default=None, help="SQL filter, e.g. \"decision = 'allow'\"")
+    curate.add_argument("--dedup", action="store_true", help="one row per duplicate cluster")
+    curate.add_argument("--min-clip-score", type=float, default=None, help="keep pairs with image–text cosine ≥ X")
+    curate.add_argument("--max-per-cluster", type=int, default=None, help="at most N rows per duplicate cluster")
+    curate.add_argument("--columns", default=None, help="extra columns, comma-separated (e.g. image_embedding)")
+    curate.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    curate.set_defaults(handler=cmd_curate)
