@@ -113,7 +113,7 @@ def jpeg_roundtrip(image: Image.Image, quality: int) -> Image.Image:
 def render_item(rng: np.random.Generator, min_size: int, max_size: int, jpeg_p: float) -> tuple[Image.Image, str, str]:
     """Random (image, shape, colour) rendered at a log-uniform size, maybe JPEG'd."""
     shape, colour = shapes.sample_labels(rng)
-    size = int(round(math.exp(rng.uniform(math.log(min_size), math.log(max_size)))))
+    size = round(math.exp(rng.uniform(math.log(min_size), math.log(max_size))))
     image = shapes.render(shape, colour, rng, size=size)
     if rng.random() < jpeg_p:
         image = jpeg_roundtrip(image, int(rng.integers(60, 96)))
