@@ -33,6 +33,8 @@ __all__ = [
     "caption",
     "render",
     "sample",
+    "sample_labels",
+    "sample_rng",
 ]
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "heart", "ring")
@@ -309,6 +311,9 @@ def caption(shape: str, colour: str, rng: np.random.Generator) -> str:
     E.g. "a red star", "red star", "a photo of a red star.", "a photo of a
     red star on a grey background", "a star that is red".  Background words
     are never colour class names, so the only colour named is the shape's.
+    They are also *not grounded*: ``caption`` does not know which background
+    ``render`` drew, so they act as caption noise the model learns to ignore
+    (don't expect retrieval by background to work).
     """
     thing = f"{colour} {shape}"
     article = "an" if colour[0] in "aeiou" else "a"

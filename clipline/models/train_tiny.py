@@ -408,8 +408,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     print(f"saved {args.out} ({size / 1e6:.2f} MB fp16); reload max |diff| {max_diff:.2e}")
     print(f"final loss (last 50 avg) {summary['final_loss']:.4f}; loss-curve sha256 {curve}")
     print(f"held-out zero-shot accuracy: shape {acc['shape']:.3f}  colour {acc['colour']:.3f}  (n={args.eval_size})")
-    print(f"train {train_s:.1f}s, total wall {wall:.1f}s ({wall / 60:.1f} min), "
-          f"CPU {cpu:.0f}s (incl. generation workers)")
+    print(
+        f"train {train_s:.1f}s, total wall {wall:.1f}s ({wall / 60:.1f} min), CPU {cpu:.0f}s (incl. generation workers)"
+    )
     return summary
 
 

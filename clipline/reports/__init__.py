@@ -63,7 +63,8 @@ def write_run_artifacts(
     The manifest is written before the report, so a report that fails still leaves the record.
     """
     storage = storage or config.storage
-    policy = policy or load_policy(config.policy)
+    if policy is None and config.policy:
+        policy = load_policy(config.policy)
     table = open_table(config.sink.uri, config.sink.table, storage)
     store = ManifestStore(config.sink.uri, config.sink.table, storage)
     manifest = build_manifest(summary, config, policy, stage_stats(dataset_stats), scan_run_rows(table, summary.run_id))

@@ -237,10 +237,24 @@ def score_drift(current: dict, previous: dict | None, threshold: float = DRIFT_T
 # --- build, store, find ---------------------------------------------------------------------------
 
 
+def policy_record(policy: Policy | None, path: str | None) -> dict:
+    """The policy as the report needs it; an embedding-only run (no policy) has no categories."""
+    if policy is None:
+        return {"name": None, "version": None, "hash": None, "path": None, "templates": [], "categories": []}
+    return {
+        "name": policy.name,
+        "version": policy.version,
+        "hash": policy.content_hash,
+        "path": path,
+        "templates": policy.templates,
+        "categories": [category.model_dump(mode="json") for category in policy.categories],
+    }
+
+
 def build_manifest(
     summary: RunSummary,
     config: JobConfig,
-    policy: Policy,
+    policy: Policy | None,
     stages: list[dict],
     run_rows: dict,
     finished_at: datetime | None = None,
@@ -259,14 +273,7 @@ def build_manifest(
         "config_hash": config_hash(config),
         "config": config.model_dump(mode="json"),
         "model": {**model, "weights": config.model.weights_label},
-        "policy": {
-            "name": policy.name,
-            "version": policy.version,
-            "hash": policy.content_hash,
-            "path": config.policy,
-            "templates": policy.templates,
-            "categories": [category.model_dump(mode="json") for category in policy.categories],
-        },
+        "policy": policy_record(policy, config.policy),
         "input": {
             "files_total": summary.files_total,
             "processed": summary.files_processed,

@@ -33,6 +33,12 @@ TOPIC_COLOUR = "#5c6bc0"
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 
+def policy_label(policy: dict) -> str:
+    if policy["hash"] is None:
+        return "none (embedding only)"
+    return f"{esc(policy['name'])} v{esc(policy['version'])} <code>{esc(policy['hash'][:16])}</code>"
+
+
 def esc(value: Any) -> str:
     """Every piece of text that reaches the page goes through here."""
     return html.escape("" if value is None else str(value), quote=True)
@@ -223,7 +229,7 @@ def run_info_html(manifest: dict) -> str:
             f"{esc(manifest['rows']['table_rows'])} rows, version {esc(version['before'])} → {esc(version['after'])}",
         ),
         ("model", f"{esc(model['arch'])} ({esc(model['weights'])}, precision {esc(model['precision'])})"),
-        ("policy", f"{esc(policy['name'])} v{esc(policy['version'])} <code>{esc(policy['hash'][:16])}</code>"),
+        ("policy", policy_label(policy)),
         ("config hash", f"<code>{esc(manifest['config_hash'][:16])}</code>"),
         (
             "input files",

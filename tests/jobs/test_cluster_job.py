@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -33,6 +34,16 @@ actors = list_actors(address=address, filters=[("job_id", "=", job.job_id)])
 nodes = [a.node_id for a in actors if "EncodeClassifyActor" in a.class_name]
 print(json.dumps({"status": str(job.status).rsplit(".", 1)[-1], "encoder_nodes": nodes}))
 """
+
+
+def submit_when_agent_ready(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`ray job submit`, retried while the head's job agent is still registering after start-up."""
+    deadline = time.time() + 300
+    while True:
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+        if "No available agent" not in result.stdout + result.stderr or time.time() > deadline:
+            return result
+        time.sleep(3)
 
 
 def cluster_env(directory: Path) -> dict[str, str]:
@@ -84,8 +95,8 @@ def test_job_submit_runs_on_both_nodes(cluster, tmp_path):
         "--config",
         str(job_file),
     ]
-    result = subprocess.run(command, env=cluster, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = submit_when_agent_ready(command, cluster)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert f"Job '{submission}' succeeded" in result.stdout + result.stderr
 
     table = lancedb.connect(str(tmp_path / "db")).open_table("media").to_arrow()

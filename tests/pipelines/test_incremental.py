@@ -83,3 +83,15 @@ def test_two_runs_at_once_never_commit_the_same_file(ray_local, tmp_path):
     assert sorted(paths) == sorted(str(tmp_path / "in" / f"f{i}.parquet") for i in range(6))
     ids = table_ids(tmp_path)
     assert len(ids) == len(set(ids)) == 24
+
+
+def test_embedding_only_run_has_vectors_and_no_decisions(ray_local, tmp_path):
+    (tmp_path / "in").mkdir()
+    write_parquet(image_rows("e", 4, seed=5), tmp_path / "in" / "e.parquet")
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump({"source": {"paths": ["in/"]}, "sink": {"uri": "db"}}))
+    summary = run_job(load_job_config(tmp_path / "job.yaml"))
+    rows = lancedb.connect(str(tmp_path / "db")).open_table("media").to_arrow().to_pylist()
+    assert summary.ok == len(rows) == 4
+    assert all(row["image_embedding"] is not None and row["decision"] is None for row in rows)
+    assert all(row["policy_hash"] is None for row in rows)
+    assert summary.report_uri and os.path.exists(summary.report_uri)
