@@ -19,6 +19,13 @@ free_port() {
   "$python_bin" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
+# Each node's agents get free ports: the defaults (52365, ...) collide with any other Ray on the
+# machine, and a head whose job agent cannot bind answers "No available agent" to every submission.
+agent_ports() {
+  echo "--dashboard-agent-listen-port=$(free_port) --dashboard-agent-grpc-port=$(free_port)" \
+    "--runtime-env-agent-port=$(free_port) --metrics-export-port=$(free_port)"
+}
+
 wait_for_nodes() {
   local want=$1 deadline=$((SECONDS + 120))
   until [ "$("$python_bin" - "$RAY_GCS_ADDRESS" <<'PY' 2>/dev/null
@@ -45,13 +52,15 @@ start() {
   gcs_port=$(free_port)
   dashboard_port=$(free_port)
   export RAY_GCS_ADDRESS="127.0.0.1:$gcs_port"
+  # shellcheck disable=SC2046
   "$ray_bin" start --head --block --node-ip-address=127.0.0.1 --port="$gcs_port" \
     --dashboard-host=127.0.0.1 --dashboard-port="$dashboard_port" --num-cpus="$head_cpus" \
-    --disable-usage-stats >"$dir/head.log" 2>&1 &
+    $(agent_ports) --disable-usage-stats >"$dir/head.log" 2>&1 &
   echo $! >"$dir/head.pid"
   wait_for_nodes 1
+  # shellcheck disable=SC2046
   "$ray_bin" start --block --address="$RAY_GCS_ADDRESS" --node-ip-address=127.0.0.1 \
-    --num-cpus="$worker_cpus" --disable-usage-stats >"$dir/worker.log" 2>&1 &
+    --num-cpus="$worker_cpus" $(agent_ports) --disable-usage-stats >"$dir/worker.log" 2>&1 &
   echo $! >"$dir/worker.pid"
   wait_for_nodes 2
   cat >"$dir/cluster.env" <<ENV
