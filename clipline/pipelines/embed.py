@@ -22,19 +22,19 @@ import pyarrow.compute as pc
 import ray
 
 from clipline.models.loader import check_weights_source, image_size_for, model_config_dict
-from clipline.operators.classify import ClassifyPolicy
 from clipline.operators.decode import DecodeImages
-from clipline.operators.encode import EncodeClip, torch_threads_for
+from clipline.operators.encode import torch_threads_for
 from clipline.operators.ledger import Ledger
 from clipline.operators.read import InputFile, ReadRowGroups, plan_input_files, read_tasks
 from clipline.operators.sink import LanceSink
 from clipline.pipelines.dedup import annotate_duplicates
+from clipline.pipelines.encode_classify import EncodeClassifyActor
 from clipline.pipelines.maintain import maintain_table
+from clipline.pipelines.read_decode import ReadAndDecode
 from clipline.reports import write_run_artifacts
 from clipline.schemas.base import ConfigError
-from clipline.schemas.config import JobConfig, ModelConfig, ResourcesConfig
+from clipline.schemas.config import JobConfig, ResourcesConfig
 from clipline.schemas.policy import Policy, load_policy
-from clipline.schemas.storage import StorageConfig
 from clipline.schemas.table import STATUS_FAILED, STATUS_OK, ErrorCode
 
 
@@ -130,21 +130,6 @@ class Tally:
             summary.flagged.setdefault(category, {})[action] = count
 
 
-class EncodeClassifyActor:
-    """One actor = one model in memory; it encodes then scores, sharing the loaded model."""
-
-    def __init__(self, model: ModelConfig, policy: Policy | None, threads: int, storage: StorageConfig) -> None:
-        self.encode = EncodeClip(model, cpus=threads, storage=storage)
-        self.encode.setup()
-        self.classify = ClassifyPolicy(policy) if policy is not None else None
-        if self.classify is not None:
-            self.classify.setup(self.encode.bundle)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        encoded = self.encode(batch)
-        return self.classify(encoded) if self.classify is not None else encoded
-
-
 def new_run_id() -> str:
     return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
 
@@ -185,13 +170,11 @@ def build_dataset(config: JobConfig, tasks: pa.Table, policy: Policy | None, enc
     )
     return (
         ray.data.from_arrow(blocks)
-        .map_batches(reader, batch_size=1, batch_format="pyarrow", num_cpus=resources.decode_cpus)
         .map_batches(
-            decoder,
-            batch_size=resources.decode_batch_size,
+            ReadAndDecode(reader, decoder, resources.decode_batch_size),
+            batch_size=1,
             batch_format="pyarrow",
             num_cpus=resources.decode_cpus,
-            udf_modifying_row_count=False,
         )
         .map_batches(
             EncodeClassifyActor,
