@@ -24,9 +24,7 @@ def ray_local():
     """A real 2-CPU Ray on loopback, started by this test session and shut down by it (never a broad stop)."""
     import ray
 
-    ray.init(
-        address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1"
-    )
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     yield ray
     ray.shutdown()
 

@@ -22,6 +22,7 @@ from clipline.schemas.storage import StorageConfig
 
 TINY_DIR = Path(__file__).parent / "tiny"
 TINY_WEIGHTS = TINY_DIR / f"{TINY_ARCH}.safetensors"
+RANDOM_INIT_SEED = 0
 DEFAULT_CACHE = Path(os.environ.get("CLIPLINE_CACHE", Path.home() / ".cache" / "clipline"))
 
 
@@ -136,12 +137,15 @@ def load_clip(config: ModelConfig, device: str | None = None, storage: StorageCo
     """Build the model once (per actor) in eval mode with its eval transform and tokenizer."""
     model_config_dict(config.arch)
     target = pick_device(device)
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        config.arch,
-        pretrained=weights_argument(config, storage),
-        device=target,
-        cache_dir=config.cache_dir,
-    )
+    weights = weights_argument(config, storage)
+    # Random weights (`pretrained: none`) come from a fixed seed: every actor of a run, and every
+    # run, must build the same model, or embeddings from two actors would not be comparable.
+    with torch.random.fork_rng(devices=[], enabled=weights is None):
+        if weights is None:
+            torch.manual_seed(RANDOM_INIT_SEED)
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            config.arch, pretrained=weights, device=target, cache_dir=config.cache_dir
+        )
     model.eval()
     visual_cfg = getattr(model.visual, "preprocess_cfg", {})
     return ClipBundle(

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from clipline.models.loader import ClipBundle
+from clipline.models.prompt_cache import PromptCache
 from clipline.models.zero_shot import prompt_weights
 from clipline.operators.columns import embedding_matrix, ok_mask, set_column
 from clipline.schemas.policy import ALL_MODERATION, Policy
@@ -38,12 +39,15 @@ class PromptBank:
     heads: tuple[tuple[int, np.ndarray, float], ...] = ()
 
     @classmethod
-    def build(cls, bundle: ClipBundle, policy: Policy, use_heads: bool = True) -> PromptBank:
-        """Encode every category's prompts through its templates, once.
+    def build(
+        cls, bundle: ClipBundle, policy: Policy, use_heads: bool = True, cache: PromptCache | None = None
+    ) -> PromptBank:
+        """Encode every category's prompts through its templates, once (or read them from `cache`).
 
         `use_heads=False` scores every category from its prompts, even where the policy names a
         head (train-head compares the two on held-out labels).
         """
+        encode = cache.prompt_weights if cache is not None else prompt_weights
         if use_heads:
             policy.check_heads(f"{bundle.arch}/{bundle.pretrained}", bundle.embed_dim)
         blocks, bounds, heads, start = [], [], [], 0
@@ -54,7 +58,7 @@ class PromptBank:
                 bounds.append((start, start, 0))
                 continue
             prompts = category.positive + category.negative
-            blocks.append(prompt_weights(bundle, prompts, policy.templates_for(category)))
+            blocks.append(encode(bundle, prompts, policy.templates_for(category)))
             bounds.append((start, start + len(prompts), len(category.positive)))
             start += len(prompts)
         weights = np.concatenate(blocks) if blocks else np.zeros((0, bundle.embed_dim), dtype=np.float32)
@@ -152,13 +156,14 @@ class ClassifyPolicy:
 
     name = "classify"
 
-    def __init__(self, policy: Policy, bank: PromptBank | None = None) -> None:
+    def __init__(self, policy: Policy, bank: PromptBank | None = None, cache: PromptCache | None = None) -> None:
         self.policy = policy
         self.bank = bank
+        self.cache = cache
 
     def setup(self, bundle: ClipBundle) -> None:
-        """Compute the prompt embeddings once per actor, from the actor's already-loaded model."""
-        self.bank = PromptBank.build(bundle, self.policy)
+        """Prompt embeddings from the actor's already-loaded model: from the cache, else encoded once."""
+        self.bank = PromptBank.build(bundle, self.policy, cache=self.cache)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.bank is None:

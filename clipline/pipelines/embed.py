@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import ray
 
 from clipline.models.loader import check_weights_source, image_size_for, model_config_dict
+from clipline.models.prompt_cache import PromptCache, prompt_cache_uri
 from clipline.operators.decode import DecodeImages
 from clipline.operators.encode import torch_threads_for
 from clipline.operators.ledger import Ledger
@@ -183,6 +184,7 @@ def build_dataset(config: JobConfig, tasks: pa.Table, policy: Policy | None, enc
                 "policy": policy,
                 "threads": resources.torch_threads or torch_threads_for(encoders.cpus),
                 "storage": config.storage,
+                "prompt_cache": PromptCache(prompt_cache_uri(config.sink.uri), config.storage),
             },
             compute=ray.data.ActorPoolStrategy(size=encoders.actors),
             batch_size=resources.batch_size,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from clipline.models.prompt_cache import PromptCache
 from clipline.operators.classify import ClassifyPolicy
 from clipline.operators.encode import EncodeClip
 from clipline.schemas.config import ModelConfig
@@ -18,10 +19,17 @@ from clipline.schemas.storage import StorageConfig
 class EncodeClassifyActor:
     """One actor = one model in memory; it encodes then scores, sharing the loaded model."""
 
-    def __init__(self, model: ModelConfig, policy: Policy | None, threads: int, storage: StorageConfig) -> None:
+    def __init__(
+        self,
+        model: ModelConfig,
+        policy: Policy | None,
+        threads: int,
+        storage: StorageConfig,
+        prompt_cache: PromptCache | None = None,
+    ) -> None:
         self.encode = EncodeClip(model, cpus=threads, storage=storage)
         self.encode.setup()
-        self.classify = ClassifyPolicy(policy) if policy is not None else None
+        self.classify = ClassifyPolicy(policy, cache=prompt_cache) if policy is not None else None
         if self.classify is not None:
             self.classify.setup(self.encode.bundle)
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import lancedb
 import pyarrow as pa
 
+from clipline.models.prompt_cache import PromptCache, prompt_cache_uri
 from clipline.operators.classify import ClassifyPolicy, PromptBank
 from clipline.operators.sink import apply_overrides, load_overrides
 from clipline.pipelines.calibrate import SCORING_COLUMNS, load_table_and_model
@@ -146,7 +147,7 @@ def rescore(
     storage = storage or StorageConfig()
     policy = load_policy(policy_path)
     table, bundle = load_table_and_model(uri, table_name, storage)
-    bank = PromptBank.build(bundle, policy)
+    bank = PromptBank.build(bundle, policy, cache=PromptCache(prompt_cache_uri(uri), storage))
     summary = rescore_table(
         table,
         policy,

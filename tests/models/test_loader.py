@@ -49,3 +49,16 @@ def test_unknown_arch_and_missing_checkpoint_are_named(tmp_path):
         check_weights_source(ModelConfig(arch="ViT-Z-99", pretrained="none"))
     with pytest.raises(ValueError, match="model.checkpoint"):
         check_weights_source(ModelConfig(checkpoint=str(tmp_path / "missing.pt")))
+
+
+def test_random_weights_are_the_same_in_every_load():
+    """Two actors given `pretrained: none` must build one model, or their embeddings would not compare."""
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    first = load_clip(ModelConfig(pretrained="none")).model.state_dict()
+    second = load_clip(ModelConfig(pretrained="none")).model.state_dict()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(1), before)  # the caller's random stream is left as it was
+    bundled = load_clip(ModelConfig()).model.state_dict()
+    assert not torch.equal(first["text_projection"], bundled["text_projection"])

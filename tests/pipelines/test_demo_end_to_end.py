@@ -111,12 +111,19 @@ def test_text_search_finds_the_concept(demo):
 
 def test_second_run_leaves_row_count_and_ids_unchanged(demo):
     before = demo["table"].version
+    banks = {path: path.stat().st_mtime_ns for path in (demo["out"] / "_clipline" / "prompt_banks").glob("*.npy")}
     again = run_demo(demo["out"])
     table = lancedb.connect(str(demo["out"])).open_table("media")
-    ids = table.to_arrow().column("id").to_pylist()
+    rows = table.to_arrow().to_pylist()
+    ids = [row["id"] for row in rows]
     assert len(ids) == len(set(ids)) == len(demo["inputs"])
     assert again.table_rows == len(demo["inputs"])
     assert table.version > before
+    # one cached prompt bank per category of the demo policy, read (not rewritten) by the rerun
+    assert len(banks) == 4
+    assert {path: path.stat().st_mtime_ns for path in banks} == banks
+    first_decisions = {row["id"]: row["decision"] for row in demo["rows"]}
+    assert {row["id"]: row["decision"] for row in rows} == first_decisions
 
 
 def test_cli_run_joins_an_existing_cluster_via_address(demo, ray_local):
