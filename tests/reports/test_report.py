@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+from xml.etree import ElementTree
 
 import pytest
 from PIL import Image
@@ -53,11 +54,17 @@ def test_report_has_a_plot_per_category_and_the_summary_plots(report):
     for plot in ("plot-decisions", "plot-errors", "plot-throughput"):
         assert f'id="{plot}"' in page
     plots = data_uris(page, "png")
-    assert len(plots) == 7
+    assert len(plots) == 3
     for data in plots:
         image = Image.open(io.BytesIO(data))
         image.load()
         assert image.width >= 400
+    histograms = data_uris(page, r"svg\+xml")
+    assert len(histograms) == 4
+    for data in histograms:
+        svg = ElementTree.fromstring(data)  # well-formed, sized, with its bars and threshold lines
+        assert int(svg.get("width")) >= 400
+        assert svg.findall("{http://www.w3.org/2000/svg}rect") and svg.findall("{http://www.w3.org/2000/svg}line")
 
 
 def test_flagged_rows_show_thumbnails_from_the_parquet_and_from_image_uri(report):
