@@ -91,7 +91,9 @@ class ResourcesConfig(StrictModel):
     encoders: int | None = Field(default=None, gt=0, description="Encoder actors; null = from cluster")
     encoder_cpus: float = Field(default=1.0, gt=0)
     torch_threads: int | None = Field(
-        default=None, gt=0, description="Intra-op threads per CPU encoder; null = one per reserved CPU"
+        default=None,
+        gt=0,
+        description="Intra-op threads per encoder; null = the cluster's CPUs shared among CPU encoders",
     )
     encoder_gpus: float | None = Field(default=None, ge=0, description="GPUs per encoder; null = 1 if any")
     decode_cpus: float = Field(default=1.0, gt=0)

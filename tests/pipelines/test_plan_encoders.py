@@ -12,6 +12,14 @@ from clipline.schemas.config import ResourcesConfig
 def test_two_cpus_give_one_encoder_and_leave_one_for_decode():
     plan = plan_encoders(ResourcesConfig(), {"CPU": 2.0})
     assert (plan.actors, plan.cpus, plan.gpus) == (1, 1.0, 0.0)
+    assert plan.threads == 2  # decode is light: the encoder's threads also use the decode CPU
+
+
+def test_torch_threads_share_the_cores_unless_set():
+    assert plan_encoders(ResourcesConfig(), {"CPU": 16.0}).threads == 1  # 15 encoders, 16 cores
+    assert plan_encoders(ResourcesConfig(encoder_cpus=4), {"CPU": 16.0}).threads == 5  # 3 encoders
+    assert plan_encoders(ResourcesConfig(torch_threads=3), {"CPU": 2.0}).threads == 3
+    assert plan_encoders(ResourcesConfig(encoder_cpus=2), {"CPU": 16.0, "GPU": 1.0}).threads == 2
 
 
 def test_bigger_cpu_cluster_scales_the_pool():
