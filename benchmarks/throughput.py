@@ -89,12 +89,16 @@ def big_policy(directory: Path, prompts: int) -> Path:
     return path
 
 
-def bare_loop(model: ModelConfig, parquet: Path, batch_size: int, threads: int) -> float:
-    """The reference: what a careful engineer writes without a pipeline. Returns seconds."""
+def bare_loop(model: ModelConfig, parquet: Path, batch_size: int, threads: int) -> tuple[float, float]:
+    """The reference: what a careful engineer writes without a pipeline.
+
+    Returns (seconds with the model load, seconds of the loop alone).
+    """
     torch.set_num_threads(threads)
     images = pq.read_table(parquet, columns=["image"]).column("image").to_pylist()
     started = time.perf_counter()
     bundle = load_clip(model)
+    loop_started = time.perf_counter()
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
             batch = [
@@ -103,7 +107,8 @@ def bare_loop(model: ModelConfig, parquet: Path, batch_size: int, threads: int) 
             ]
             features = bundle.model.encode_image(torch.stack(batch))
             torch.nn.functional.normalize(features, dim=-1)
-    return time.perf_counter() - started
+    finished = time.perf_counter()
+    return finished - started, finished - loop_started
 
 
 def pipeline_run(
@@ -114,8 +119,12 @@ def pipeline_run(
     batch_size: int,
     threads: int,
     prompt_banks_from: Path | None = None,
-) -> float:
-    """One run into a new table; `prompt_banks_from` is a database whose cached prompt embeddings it starts with."""
+) -> tuple[float, float]:
+    """One run into a new table; `prompt_banks_from` is a database whose cached prompt embeddings it starts with.
+
+    Returns (seconds end to end, seconds of the encoder stage from its first batch to its last,
+    as Ray Data recorded it in the run's manifest: the steady state, without worker start-up).
+    """
     if prompt_banks_from is not None:
         shutil.copytree(prompt_cache_uri(str(prompt_banks_from)), prompt_cache_uri(str(db)))
     config = JobConfig.model_validate(
@@ -129,8 +138,25 @@ def pipeline_run(
     )
     started = time.perf_counter()
     summary = run_job(config, RunOptions(full=True))
+    elapsed = time.perf_counter() - started
     assert summary.rows_in == summary.ok, summary
-    return time.perf_counter() - started
+    stages = json.loads(Path(summary.manifest_uri).read_text())["timing"]["stages"]
+    encoder = next(stage for stage in stages if "EncodeClassifyActor" in stage["name"])
+    return elapsed, encoder["wall_s"]
+
+
+def timed_round(args: argparse.Namespace, model: ModelConfig, work: Path, index: int, dim: int) -> dict:
+    """(a)-(d) once: end-to-end seconds per stage, and `<stage>_steady` without start-up."""
+    parquet, policy = work / "in" / "images.parquet", work / "policy.yaml"
+    run = {"batch_size": args.batch_size, "threads": args.threads}
+    seconds = {}
+    seconds["bare"], seconds["bare_steady"] = bare_loop(model, parquet, args.batch_size, args.threads)
+    seconds["embed"], seconds["embed_steady"] = pipeline_run(model, parquet, work / f"db-embed-{index}", None, **run)
+    seconds["moderate"], seconds["moderate_steady"] = pipeline_run(
+        model, parquet, work / f"db-moderate-{index}", policy, **run, prompt_banks_from=work / "db-moderate-cold"
+    )
+    seconds["write"] = lance_write_only(work / f"db-write-{index}", args.n, dim, model)
+    return seconds
 
 
 def lance_write_only(db: Path, n: int, dim: int, model: ModelConfig) -> float:
@@ -222,8 +248,10 @@ def summarise(
     per_round_ratios = {
         "pipeline_over_bare": [r["bare"] / r["embed"] for r in rounds],
         "moderation_over_embedding": [r["embed"] / r["moderate"] for r in rounds],
+        "pipeline_over_bare_steady": [r["bare_steady"] / r["embed_steady"] for r in rounds],
+        "moderation_over_embedding_steady": [r["embed_steady"] / r["moderate_steady"] for r in rounds],
     }
-    seconds = {stage: statistics.median(r[stage] for r in rounds) for stage in ("bare", "embed", "moderate", "write")}
+    seconds = {stage: statistics.median(r[stage] for r in rounds) for stage in rounds[0]}
     seconds["moderate_cold"] = moderate_cold
     return {
         "model": args.model,
@@ -241,6 +269,7 @@ def summarise(
         "seconds": seconds,
         "rounds": rounds,
         "img_per_s": {stage: args.n / secs for stage, secs in seconds.items() if stage != "write"},
+        "startup_s": {stage: seconds[stage] - seconds[f"{stage}_steady"] for stage in ("bare", "embed", "moderate")},
         "ratios": {name: statistics.median(values) for name, values in per_round_ratios.items()},
         "ratios_per_round": per_round_ratios,
         "lance_write_share_of_pipeline": statistics.median(r["write"] / r["embed"] for r in rounds),
@@ -267,21 +296,8 @@ def main(argv: list[str] | None = None) -> dict:
     policy = big_policy(work, args.prompts)
     ensure_ray(None)
     dim = load_clip(model).embed_dim
-    run = {"batch_size": args.batch_size, "threads": args.threads}
-    cold_db = work / "db-moderate-cold"
-    moderate_cold = pipeline_run(model, parquet, cold_db, policy, **run)
-    rounds = []
-    for index in range(args.repeats):
-        rounds.append(
-            {
-                "bare": bare_loop(model, parquet, args.batch_size, args.threads),
-                "embed": pipeline_run(model, parquet, work / f"db-embed-{index}", None, **run),
-                "moderate": pipeline_run(
-                    model, parquet, work / f"db-moderate-{index}", policy, **run, prompt_banks_from=cold_db
-                ),
-                "write": lance_write_only(work / f"db-write-{index}", args.n, dim, model),
-            }
-        )
+    moderate_cold, _ = pipeline_run(model, parquet, work / "db-moderate-cold", policy, args.batch_size, args.threads)
+    rounds = [timed_round(args, model, work, index, dim) for index in range(args.repeats)]
     results = summarise(args, model, rounds, moderate_cold, ray_overhead_per_batch(args.batch_size))
     (out / "throughput.json").write_text(json.dumps(results, indent=2))
     plot(results, out / "throughput.png")
@@ -291,19 +307,27 @@ def main(argv: list[str] | None = None) -> dict:
 
 def print_table(results: dict) -> None:
     setup = f"n={results['n']}, batch {results['batch_size']}, {results['threads']} threads"
-    print(f"\n{results['model']} ({results['pretrained']}), {setup}")
-    print(f"  medians of {results['repeats']} interleaved rounds")
+    print(f"\n{results['model']} ({results['pretrained']}), {setup}, medians of {results['repeats']} rounds")
+    print(f"  {'':<36} {'end to end':>16} {'steady state':>14} {'start-up':>9}")
+    rates, seconds = results["img_per_s"], results["seconds"]
     for stage, label in (
         ("bare", "(a) bare open_clip loop"),
         ("embed", "(b) pipeline, embedding only"),
         ("moderate", f"(c) pipeline + {results['prompts']}-prompt policy"),
         ("moderate_cold", "    (c) first run, prompts encoded"),
     ):
-        print(f"  {label:<36} {results['img_per_s'][stage]:8.2f} img/s   {results['seconds'][stage]:7.1f} s")
-    print(f"  {'(d) Lance write only':<36} {'':8}         {results['seconds']['write']:7.2f} s")
-    ratios = results["ratios"]
-    per_round = results["ratios_per_round"]
-    labels = {"pipeline_over_bare": "pipeline / bare", "moderation_over_embedding": "moderation / embedding"}
+        line = f"  {label:<36} {rates[stage]:6.2f} img/s {seconds[stage]:5.1f} s"
+        if f"{stage}_steady" in rates:
+            line += f" {rates[f'{stage}_steady']:8.2f} img/s {results['startup_s'][stage]:6.1f} s"
+        print(line)
+    print(f"  {'(d) Lance write only':<36} {seconds['write']:16.2f} s")
+    ratios, per_round = results["ratios"], results["ratios_per_round"]
+    labels = {
+        "pipeline_over_bare": "pipeline / bare",
+        "pipeline_over_bare_steady": "  steady state",
+        "moderation_over_embedding": "moderation / embedding",
+        "moderation_over_embedding_steady": "  steady state",
+    }
     for name, label in labels.items():
         rounds = ", ".join(f"{value:.3f}" for value in per_round[name])
         print(f"  {label:<24} {ratios[name]:.3f}   (rounds: {rounds})")
