@@ -210,6 +210,7 @@ def ray_overhead_per_batch(batch_size: int, few: int = 10, many: int = 60) -> fl
 
 
 def plot(results: dict, path: Path) -> None:
+    """Img/s per stage, end to end and in the steady state, each round a dot behind its median bar."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -221,20 +222,30 @@ def plot(results: dict, path: Path) -> None:
         "moderate": ("(c) pipeline\n+ moderation", "#d8893b"),
         "moderate_cold": ("(c) first run,\nprompts encoded", "#e8c39b"),
     }
-    figure, axis = plt.subplots(figsize=(7, 3.8))
-    bars = axis.bar(
-        [label for label, _ in stages.values()],
-        [results["img_per_s"][stage] for stage in stages],
-        color=[colour for _, colour in stages.values()],
-    )
-    axis.bar_label(bars, fmt="%.1f img/s")
-    for position, stage in enumerate(stages):  # each round as a dot: the spread behind the median
-        rounds = [results["n"] / r[stage] for r in results["rounds"] if stage in r]
-        axis.plot([position] * len(rounds), rounds, "k.", markersize=4)
+    figure, axis = plt.subplots(figsize=(8, 4))
+    width = 0.38
+    for offset, suffix, hatch, label in ((-width / 2, "", None, "end to end"), (width / 2, "_steady", "//", "steady")):
+        names = [stage for stage in stages if f"{stage}{suffix}" in results["img_per_s"]]
+        positions = [list(stages).index(stage) + offset for stage in names]
+        bars = axis.bar(
+            positions,
+            [results["img_per_s"][f"{stage}{suffix}"] for stage in names],
+            width=width,
+            color=[stages[stage][1] for stage in names],
+            hatch=hatch,
+            edgecolor="white",
+            label=label,
+        )
+        axis.bar_label(bars, fmt="%.1f", fontsize="small")
+        for position, stage in zip(positions, names, strict=True):
+            rounds = [results["n"] / r[f"{stage}{suffix}"] for r in results["rounds"] if f"{stage}{suffix}" in r]
+            axis.plot([position] * len(rounds), rounds, "k.", markersize=4)
+    axis.set_xticks(range(len(stages)), [label for label, _ in stages.values()])
     axis.set_ylabel("images / s")
+    axis.legend(loc="upper right", fontsize="small")
     axis.set_title(
         f"{results['model']} on {results['machine']['cpus']:g} CPUs, n={results['n']}, "
-        f"median of {results['repeats']} rounds"
+        f"median of {results['repeats']} rounds (dots: each round)"
     )
     figure.tight_layout()
     figure.savefig(path, dpi=120)
