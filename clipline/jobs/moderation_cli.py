@@ -8,29 +8,9 @@ exit 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import sys
-from collections.abc import Callable
 
-from clipline.jobs.table_args import add_table_arguments, storage_from_args
-
-USER_ERROR = 2
-
-
-def user_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """ValueError (bad config, labels, decisions; LanceDB's bad SQL) and OSError (missing files,
-    unreachable storage) are the user's to fix: say what, exit 2."""
-
-    @functools.wraps(handler)
-    def wrapped(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except (ValueError, OSError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return USER_ERROR
-
-    return wrapped
+from clipline.jobs.table_args import add_table_arguments, storage_from_args, user_errors
 
 
 def fraction(text: str) -> float:
@@ -43,7 +23,7 @@ def fraction(text: str) -> float:
     return value
 
 
-@user_errors
+@user_errors()
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from clipline.pipelines.calibrate import calibrate, format_report
 
@@ -65,7 +45,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-@user_errors
+@user_errors()
 def cmd_rescore(args: argparse.Namespace) -> int:
     from clipline.pipelines.rescore import format_summary, rescore
 
@@ -74,7 +54,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     return 0
 
 
-@user_errors
+@user_errors()
 def cmd_train_head(args: argparse.Namespace) -> int:
     from clipline.pipelines.probe import format_report, train_heads
 
@@ -95,7 +75,7 @@ def cmd_train_head(args: argparse.Namespace) -> int:
     return 0
 
 
-@user_errors
+@user_errors()
 def cmd_review_export(args: argparse.Namespace) -> int:
     from clipline.pipelines.review import export_queue
 
@@ -120,7 +100,7 @@ def cmd_review_export(args: argparse.Namespace) -> int:
     return 0
 
 
-@user_errors
+@user_errors()
 def cmd_review_apply(args: argparse.Namespace) -> int:
     from clipline.pipelines.review import apply_decisions
 

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 import fsspec
 
-from clipline.jobs.table_args import add_table_arguments, storage_from_args
+from clipline.jobs.table_args import add_table_arguments, storage_from_args, user_errors
 
 
+@user_errors()
 def cmd_report(args: argparse.Namespace) -> int:
     from clipline.reports import report_for_run
 
     storage = storage_from_args(args)
-    try:
-        manifest, page = report_for_run(args.db, args.table, args.run, storage, args.max_thumbnails)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    manifest, page = report_for_run(args.db, args.table, args.run, storage, args.max_thumbnails)
     with fsspec.open(args.out, "w", encoding="utf-8", **storage.fsspec_options(args.out)) as handle:
         handle.write(page)
     print(f"run {manifest['run_id']}: report written to {args.out}")

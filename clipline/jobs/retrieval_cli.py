@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from datetime import timedelta
 
-from clipline.jobs.table_args import add_table_arguments, storage_from_args
+from clipline.jobs.table_args import add_table_arguments, storage_from_args, user_errors
 
 
 def _open(args: argparse.Namespace):
@@ -17,15 +16,12 @@ def _open(args: argparse.Namespace):
     return open_table(args.db, args.table, storage.lance_options(args.db)), storage
 
 
+@user_errors()
 def cmd_maintain(args: argparse.Namespace) -> int:
     from clipline.pipelines.maintain import maintain_table
 
-    try:
-        table, _ = _open(args)
-        report = maintain_table(table, retention=timedelta(days=args.retention_days))
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    table, _ = _open(args)
+    report = maintain_table(table, retention=timedelta(days=args.retention_days))
     print(json.dumps(report.to_dict(), indent=2, default=str) if args.json else report.format())
     return 0
 
@@ -44,26 +40,20 @@ def format_manifest(manifest: dict) -> str:
     )
 
 
+@user_errors(Exception)
 def cmd_curate(args: argparse.Namespace) -> int:
     from clipline.pipelines.curate import DEFAULT_COLUMNS, CurateQuery, curate
 
-    try:
-        extra = [column.strip() for column in (args.columns or "").split(",") if column.strip()]
-        query = CurateQuery(
-            where=args.where,
-            dedup=args.dedup,
-            min_clip_score=args.min_clip_score,
-            max_per_cluster=args.max_per_cluster,
-            columns=[*DEFAULT_COLUMNS, *extra],
-        )
-        table, storage = _open(args)
-        manifest = curate(table, args.out, query, storage, table_uri=args.db)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # a bad --where is reported by LanceDB as a generic error
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+    extra = [column.strip() for column in (args.columns or "").split(",") if column.strip()]
+    query = CurateQuery(
+        where=args.where,
+        dedup=args.dedup,
+        min_clip_score=args.min_clip_score,
+        max_per_cluster=args.max_per_cluster,
+        columns=[*DEFAULT_COLUMNS, *extra],
+    )
+    table, storage = _open(args)
+    manifest = curate(table, args.out, query, storage, table_uri=args.db)
     print(json.dumps(manifest, indent=2, default=str) if args.json else format_manifest(manifest))
     return 0
 

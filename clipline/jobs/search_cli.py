@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from clipline.jobs.table_args import add_table_arguments, storage_from_args
+from clipline.jobs.table_args import add_table_arguments, storage_from_args, user_errors
 
 
 def format_results(rows: list[dict]) -> str:
@@ -19,26 +18,20 @@ def format_results(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+@user_errors(Exception)
 def cmd_search(args: argparse.Namespace) -> int:
     from clipline.pipelines.search import search_table
 
-    try:
-        results = search_table(
-            args.db,
-            args.table,
-            args.text,
-            k=args.k,
-            where=args.where,
-            storage=storage_from_args(args),
-            image=args.image,
-            like=args.like,
-        )
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # a bad --where is reported by LanceDB as a generic error
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+    results = search_table(
+        args.db,
+        args.table,
+        args.text,
+        k=args.k,
+        where=args.where,
+        storage=storage_from_args(args),
+        image=args.image,
+        like=args.like,
+    )
     rows = results.to_pylist()
     print(json.dumps(rows, indent=2, default=str) if args.json else format_results(rows))
     return 0

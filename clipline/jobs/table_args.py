@@ -3,8 +3,39 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import sys
+from collections.abc import Callable
 
 from clipline.schemas.storage import StorageConfig
+
+USER_ERROR = 2
+Handler = Callable[[argparse.Namespace], int]
+
+
+def user_errors(*reported_with_type: type[Exception]) -> Callable[[Handler], Handler]:
+    """A verb's user errors become one `error:` line and exit 2, never a traceback.
+
+    ValueError (bad config, labels, ids, arguments) and OSError (missing files, unreachable
+    storage) are printed as they are. `reported_with_type` adds errors whose message alone does
+    not say what failed, printed with their type: LanceDB reports a bad `--where` as a generic
+    error, so the verbs that take one pass `Exception`.
+    """
+
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        def wrapped(args: argparse.Namespace) -> int:
+            try:
+                return handler(args)
+            except (ValueError, OSError) as exc:
+                print(f"error: {exc}", file=sys.stderr)
+            except reported_with_type as exc:
+                print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return USER_ERROR
+
+        return wrapped
+
+    return decorate
 
 
 def add_table_arguments(parser: argparse.ArgumentParser) -> None:
