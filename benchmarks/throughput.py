@@ -280,7 +280,10 @@ def summarise(
         "seconds": seconds,
         "rounds": rounds,
         "img_per_s": {stage: args.n / secs for stage, secs in seconds.items() if stage != "write"},
-        "startup_s": {stage: seconds[stage] - seconds[f"{stage}_steady"] for stage in ("bare", "embed", "moderate")},
+        "startup_s": {
+            stage: statistics.median(r[stage] - r[f"{stage}_steady"] for r in rounds)
+            for stage in ("bare", "embed", "moderate")
+        },
         "ratios": {name: statistics.median(values) for name, values in per_round_ratios.items()},
         "ratios_per_round": per_round_ratios,
         "lance_write_share_of_pipeline": statistics.median(r["write"] / r["embed"] for r in rounds),
