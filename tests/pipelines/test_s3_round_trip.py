@@ -75,6 +75,13 @@ def test_s3_in_and_out(ray_local, s3_endpoint, s3_bucket, tmp_path, capfd):
     stars = [row for row in rows if row["id"].startswith("uri-") and row["status"] == "ok"]
     assert sum(row["decision"] != "allow" for row in stars) >= 5
 
+    # the policy's prompt embeddings are cached next to the table on S3, one object per category
+    listing = boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(
+        Bucket=s3_bucket, Prefix="db/_clipline/prompt_banks/"
+    )
+    keys = [entry["Key"] for entry in listing.get("Contents", [])]
+    assert len(keys) == 4 and all(key.endswith(".npy") for key in keys)
+
     again = run_job(config)
     assert again.rows_in == 0 and len(again.files_skipped) == 2
     assert db.open_table("media").count_rows() == rows_in
