@@ -305,6 +305,20 @@ def commit(config: JobConfig, sink: LanceSink, summary: RunSummary) -> None:
         summary.maintenance = maintain_table(sink.table).to_dict()
 
 
+def process_and_commit(
+    config: JobConfig, tasks: pa.Table, policy: Policy | None, sink: LanceSink, summary: RunSummary, address: str | None
+) -> tuple[Tally, Counter]:
+    """Run the plan over `tasks`, check that every row came out, commit; a failure leaves no staged rows."""
+    try:
+        tally, per_file = execute(config, tasks, policy, sink, address)
+        check_no_rows_lost(summary.rows_in, per_file)
+        commit(config, sink, summary)
+    except BaseException:
+        sink.discard()
+        raise
+    return tally, per_file
+
+
 def run_incremental(
     config: JobConfig,
     files: list[InputFile],
@@ -326,12 +340,9 @@ def run_incremental(
     if not selection.todo:
         return None
     try:
-        tally, per_file = execute(config, read_tasks(selection.todo), policy, sink, options.address)
-        check_no_rows_lost(summary.rows_in, per_file)
-        commit(config, sink, summary)
+        tally, per_file = process_and_commit(config, read_tasks(selection.todo), policy, sink, summary, options.address)
         ledger.record(selection.todo, per_file)
     except BaseException:
-        sink.discard()
         ledger.release(selection.todo)
         raise
     return tally
@@ -374,13 +385,7 @@ def run_retry_failed(
     summary.rows_in = sum(len(only[file.path]) for file in retry_files)
     if not retry_files:
         return None
-    try:
-        tally, per_file = execute(config, read_tasks(retry_files, only), policy, sink, options.address)
-        check_no_rows_lost(summary.rows_in, per_file)
-        commit(config, sink, summary)
-    except BaseException:
-        sink.discard()
-        raise
+    tally, _ = process_and_commit(config, read_tasks(retry_files, only), policy, sink, summary, options.address)
     return tally
 
 
