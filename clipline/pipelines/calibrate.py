@@ -41,6 +41,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from clipline.models.loader import ClipBundle, load_clip
+from clipline.models.prompt_cache import PromptCache, prompt_cache_uri
 from clipline.operators.classify import PromptBank, row_embeddings
 from clipline.pipelines.search import open_table, table_model
 from clipline.schemas.policy import Policy, load_policy, write_policy
@@ -174,6 +175,18 @@ def load_table_and_model(
     storage = storage or StorageConfig()
     table = open_table(uri, table_name, storage.lance_options(uri))
     return table, load_clip(table_model(table), storage=storage)
+
+
+def table_prompt_bank(
+    bundle: ClipBundle, policy: Policy, uri: str, storage: StorageConfig | None = None, use_heads: bool = True
+) -> PromptBank:
+    """The policy's prompt embeddings through the table's prompt cache, as the pipeline's actors read them.
+
+    `rescore`, `calibrate` and `train-head` then reuse what the runs already encoded instead of
+    encoding every prompt again on the driver.
+    """
+    cache = PromptCache(prompt_cache_uri(uri), storage or StorageConfig())
+    return PromptBank.build(bundle, policy, use_heads=use_heads, cache=cache)
 
 
 # --------------------------------------------------------------------------- curves
@@ -394,7 +407,7 @@ def calibrate(
     policy = load_policy(policy_path)
     labels = read_labels(labels_path, policy)
     table, bundle = load_table_and_model(uri, table_name, storage)
-    bank = PromptBank.build(bundle, policy)
+    bank = table_prompt_bank(bundle, policy, uri, storage)
     scores = score_ids(table, bank, [row_id for group in labels.values() for row_id in group.ids])
     counts = check_label_counts(labels, scores, min_labels)
 

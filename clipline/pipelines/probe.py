@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipline.operators.classify import PromptBank
 from clipline.pipelines.calibrate import (
     PRCurve,
     check_label_counts,
@@ -37,6 +36,7 @@ from clipline.pipelines.calibrate import (
     load_table_and_model,
     read_labels,
     stored_embeddings,
+    table_prompt_bank,
 )
 from clipline.schemas.policy import HEADS_FORMAT, Policy, load_policy, write_policy
 from clipline.schemas.storage import StorageConfig
@@ -100,7 +100,7 @@ def train_heads(
     # Embeddings are what the heads learn from; the prompts' scores are what they must beat.
     found, vectors = stored_embeddings(table, ids)
     embeddings = dict(zip(found, vectors, strict=True))
-    prompt_bank = PromptBank.build(bundle, policy, use_heads=False)
+    prompt_bank = table_prompt_bank(bundle, policy, uri, storage, use_heads=False)
     prompt_scores = dict(zip(found, prompt_bank.score(vectors), strict=True)) if found else {}
     counts = check_label_counts(labels, embeddings, min_labels)
 

@@ -25,10 +25,9 @@ from pathlib import Path
 import lancedb
 import pyarrow as pa
 
-from clipline.models.prompt_cache import PromptCache, prompt_cache_uri
 from clipline.operators.classify import ClassifyPolicy, PromptBank
 from clipline.operators.sink import apply_overrides, load_overrides
-from clipline.pipelines.calibrate import SCORING_COLUMNS, load_table_and_model
+from clipline.pipelines.calibrate import SCORING_COLUMNS, load_table_and_model, table_prompt_bank
 from clipline.schemas.policy import Policy, load_policy
 from clipline.schemas.storage import StorageConfig
 
@@ -147,7 +146,7 @@ def rescore(
     storage = storage or StorageConfig()
     policy = load_policy(policy_path)
     table, bundle = load_table_and_model(uri, table_name, storage)
-    bank = PromptBank.build(bundle, policy, cache=PromptCache(prompt_cache_uri(uri), storage))
+    bank = table_prompt_bank(bundle, policy, uri, storage)
     summary = rescore_table(
         table,
         policy,
