@@ -26,6 +26,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -145,17 +146,33 @@ def pipeline_run(
     return elapsed, encoder["wall_s"]
 
 
-def timed_round(args: argparse.Namespace, model: ModelConfig, work: Path, index: int, dim: int) -> dict:
+@dataclass(frozen=True)
+class Bench:
+    """What every round shares: the model, the generated inputs, and where the tables go."""
+
+    model: ModelConfig
+    dim: int
+    work: Path
+    parquet: Path
+    policy: Path
+
+    @property
+    def cold_db(self) -> Path:
+        """The first moderation run's database: its prompt cache seeds every later moderation run."""
+        return self.work / "db-moderate-cold"
+
+
+def timed_round(args: argparse.Namespace, bench: Bench, index: int) -> dict:
     """(a)-(d) once: end-to-end seconds per stage, and `<stage>_steady` without start-up."""
-    parquet, policy = work / "in" / "images.parquet", work / "policy.yaml"
+    model, parquet, work = bench.model, bench.parquet, bench.work
     run = {"batch_size": args.batch_size, "threads": args.threads}
     seconds = {}
     seconds["bare"], seconds["bare_steady"] = bare_loop(model, parquet, args.batch_size, args.threads)
     seconds["embed"], seconds["embed_steady"] = pipeline_run(model, parquet, work / f"db-embed-{index}", None, **run)
     seconds["moderate"], seconds["moderate_steady"] = pipeline_run(
-        model, parquet, work / f"db-moderate-{index}", policy, **run, prompt_banks_from=work / "db-moderate-cold"
+        model, parquet, work / f"db-moderate-{index}", bench.policy, **run, prompt_banks_from=bench.cold_db
     )
-    seconds["write"] = lance_write_only(work / f"db-write-{index}", args.n, dim, model)
+    seconds["write"] = lance_write_only(work / f"db-write-{index}", args.n, bench.dim, model)
     return seconds
 
 
@@ -306,12 +323,10 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="clipline-bench-"))
-    parquet = write_inputs(work, args.n)
-    policy = big_policy(work, args.prompts)
     ensure_ray(None)
-    dim = load_clip(model).embed_dim
-    moderate_cold, _ = pipeline_run(model, parquet, work / "db-moderate-cold", policy, args.batch_size, args.threads)
-    rounds = [timed_round(args, model, work, index, dim) for index in range(args.repeats)]
+    bench = Bench(model, load_clip(model).embed_dim, work, write_inputs(work, args.n), big_policy(work, args.prompts))
+    moderate_cold, _ = pipeline_run(model, bench.parquet, bench.cold_db, bench.policy, args.batch_size, args.threads)
+    rounds = [timed_round(args, bench, index) for index in range(args.repeats)]
     results = summarise(args, model, rounds, moderate_cold, ray_overhead_per_batch(args.batch_size))
     (out / "throughput.json").write_text(json.dumps(results, indent=2))
     plot(results, out / "throughput.png")
