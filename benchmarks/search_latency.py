@@ -27,9 +27,9 @@ from pathlib import Path
 import lancedb
 import numpy as np
 import pyarrow as pa
-
 from clipline.pipelines.maintain import ProbeSettings, maintain_table, probe_settings, vector_index
-from clipline.pipelines.search import search_vector
+
+from clipline.table.search import search_vector
 
 CENTRES = 2_000
 CHUNK = 50_000

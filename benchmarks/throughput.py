@@ -38,11 +38,13 @@ import yaml
 from PIL import Image
 
 from clipline.models.loader import load_clip
-from clipline.models.prompt_cache import prompt_cache_uri
 from clipline.operators.columns import embedding_array
-from clipline.operators.sink import LanceSink
-from clipline.pipelines.embed import RunOptions, ensure_ray, run_job
+from clipline.pipelines.plan import ensure_ray
+from clipline.pipelines.run import run_job
+from clipline.pipelines.sink import LanceSink
+from clipline.pipelines.summary import RunOptions
 from clipline.schemas.config import JobConfig, ModelConfig
+from clipline.table.store import Sidecars
 
 
 def photo_like(rng: np.random.Generator) -> Image.Image:
@@ -124,10 +126,10 @@ def pipeline_run(
     """One run into a new table; `prompt_banks_from` is a database whose cached prompt embeddings it starts with.
 
     Returns (seconds end to end, seconds of the encoder stage from its first batch to its last,
-    as Ray Data recorded it in the run's manifest: the steady state, without worker start-up).
+    as Ray Data recorded it: the steady state, without worker start-up).
     """
     if prompt_banks_from is not None:
-        shutil.copytree(prompt_cache_uri(str(prompt_banks_from)), prompt_cache_uri(str(db)))
+        shutil.copytree(Sidecars(str(prompt_banks_from)).prompt_banks, Sidecars(str(db)).prompt_banks)
     config = JobConfig.model_validate(
         {
             "source": {"paths": [str(parquet)]},
@@ -141,8 +143,7 @@ def pipeline_run(
     summary = run_job(config, RunOptions(full=True))
     elapsed = time.perf_counter() - started
     assert summary.rows_in == summary.ok, summary
-    stages = json.loads(Path(summary.manifest_uri).read_text())["timing"]["stages"]
-    encoder = next(stage for stage in stages if "EncodeClassifyActor" in stage["name"])
+    encoder = next(stage for stage in summary.stages if "EncodeClassifyActor" in stage["name"])
     return elapsed, encoder["wall_s"]
 
 

@@ -1,6 +1,7 @@
 """Build real clipline tables in-process (no Ray) for tests of verbs that read tables.
 
-The operators are the production ones, chained the way the Ray plan chains them; only the
+The stages are the run's own (`run_stages`), applied in the order the Ray plan applies them,
+and the rows are committed by the run's own tail (staging, dedup, one merge); only the
 distribution across processes is left out, which these tests do not exercise.
 """
 
@@ -10,28 +11,53 @@ from functools import cache
 
 import pyarrow as pa
 
-from clipline.models.loader import image_size_for
-from clipline.operators.classify import ClassifyPolicy
-from clipline.operators.decode import DecodeImages
+from clipline.models.loader import ClipBundle
+from clipline.operators.base import WorkerState
 from clipline.operators.encode import EncodeClip
-from clipline.operators.sink import LanceSink
-from clipline.schemas.config import ModelConfig
+from clipline.pipelines.run import commit, open_sink
+from clipline.pipelines.stages import run_stages
+from clipline.pipelines.summary import RunSummary
+from clipline.schemas.config import DedupConfig, JobConfig, ModelConfig
 from clipline.schemas.policy import Policy, load_policy
 
 TINY = ModelConfig()
-DEMO_POLICY_PATH = "clipline/models/tiny/demo_policy.yaml"
+DEDUP = DedupConfig()
+DEMO_POLICY_PATH = "clipline/demo/tiny/demo_policy.yaml"
+ROW_SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),
+        ("id", pa.string()),
+        ("image", pa.binary()),
+        ("image_uri", pa.string()),
+        ("text", pa.string()),
+    ]
+)
 
 
 @cache
-def encoder(model: ModelConfig = TINY) -> EncodeClip:
-    """One loaded model per test process."""
-    operator = EncodeClip(model)
-    operator.setup()
-    return operator
+def worker_state(model: ModelConfig = TINY) -> WorkerState:
+    """One loaded model per test process, shared by every stage chain built here."""
+    state = WorkerState()
+    EncodeClip(model).setup(state)
+    return state
+
+
+def bundle(model: ModelConfig = TINY) -> ClipBundle:
+    return worker_state(model).clip
 
 
 def demo_policy() -> Policy:
     return load_policy(DEMO_POLICY_PATH)
+
+
+def job_config(db_uri: str, table: str, run_id: str, model: ModelConfig, dedup: DedupConfig) -> JobConfig:
+    return JobConfig(
+        source={"paths": ["test.parquet"], "max_image_pixels": 10**8, "max_image_bytes": 10**8},
+        model=model,
+        sink={"uri": db_uri, "table": table},
+        dedup=dedup,
+        run_id=run_id,
+    )
 
 
 def ingest(
@@ -41,26 +67,21 @@ def ingest(
     table: str = "media",
     run_id: str = "test-run",
     model: ModelConfig = TINY,
-) -> LanceSink:
+    dedup: DedupConfig = DEDUP,
+    source: str = "test.parquet",
+) -> RunSummary:
     """Decode, encode, classify and commit `rows` (dicts with id/image/image_uri/text) as one run."""
     batch = pa.Table.from_pylist(
-        [{"source": f"test.parquet#{index}", **row} for index, row in enumerate(rows)],
-        schema=pa.schema(
-            [
-                ("source", pa.string()),
-                ("id", pa.string()),
-                ("image", pa.binary()),
-                ("image_uri", pa.string()),
-                ("text", pa.string()),
-            ]
-        ),
+        [{"source": f"{source}#{index}", **row} for index, row in enumerate(rows)], schema=ROW_SCHEMA
     )
-    encode = encoder(model)
-    classify = ClassifyPolicy(policy or demo_policy())
-    classify.setup(encode.bundle)
-    decoded = DecodeImages(image_size_for(model.arch), max_pixels=10**8, max_bytes=10**8)(batch)
-    sink = LanceSink(db_uri, table, encode.bundle.embed_dim, model, run_id)
-    sink.setup()
-    sink.stage(classify(encode(decoded)))
-    sink.commit()
-    return sink
+    config = job_config(db_uri, table, run_id, model, dedup)
+    _, *stages = run_stages(config, policy or demo_policy())  # rows come in memory: no read stage
+    state = worker_state(model)
+    for stage in stages:
+        stage.setup(state)
+        batch = stage(batch)
+    summary = RunSummary(run_id=run_id, table_uri=db_uri, table=table)
+    sink = open_sink(config, run_id)
+    sink.stage(batch)
+    commit(config, sink, summary)
+    return summary

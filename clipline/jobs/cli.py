@@ -1,15 +1,20 @@
-"""The `clipline` command: thin argument parsing over the pipelines; no logic of its own."""
+"""The `clipline` command: thin argument parsing over the library; no logic of its own.
+
+Verb modules import only argparse-level code at the top; torch, open_clip, Ray and LanceDB are
+imported inside the handler of the verb that needs them, so `clipline --help` starts at once.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from clipline.jobs import moderation_cli, report_cli, retrieval_cli, search_cli
-from clipline.jobs.run import add_run_arguments, format_summary, options_from_args, run_from_file
+from clipline.jobs import moderation_cli, report_cli, search_cli, table_cli
+from clipline.jobs.output import emit
+from clipline.jobs.run import add_run_arguments, options_from_args, run_from_file
 
 # Verbs that work on an existing table live in their own modules, each with `register(verbs)`.
-VERB_MODULES = (search_cli, report_cli, moderation_cli, retrieval_cli)
+VERB_MODULES = (search_cli, report_cli, moderation_cli, table_cli)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -17,10 +22,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from clipline.jobs.demo import run_demo
+    from clipline.demo.demo import run_demo
 
     summary = run_demo(args.out, address=args.address)
-    print(format_summary(summary))
+    emit(summary, as_json=False)
     print(f"\nsearch it:  clipline search --db {summary.table_uri} --table {summary.table} --text 'a red star'")
     return 0
 

@@ -1,6 +1,6 @@
 """Moderation verbs on an existing table: `calibrate`, `rescore`, `train-head`, `review export|apply`.
 
-Each verb is argument parsing over one function in `clipline.pipelines`; user errors (missing
+Each verb is argument parsing over one function in `clipline.moderation`; user errors (missing
 files, bad labels, unknown ids, a policy that does not validate) print one `error:` message and
 exit 2, never a traceback.
 """
@@ -8,8 +8,8 @@ exit 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 
+from clipline.jobs.output import Report, emit
 from clipline.jobs.table_args import add_table_arguments, storage_from_args, user_errors
 
 
@@ -23,9 +23,27 @@ def fraction(text: str) -> float:
     return value
 
 
+def format_export(summary: dict) -> str:
+    lines = [
+        f"review queue: {summary['rows']} rows → {summary['path']}",
+        f"  thumbnails   {summary['thumbnails_written']} written, {summary['thumbnails_from_uri']} from image_uri",
+    ]
+    lines += [f"  no thumbnail {count}: {reason}" for reason, count in summary["thumbnail_failures"].items()]
+    lines.append("fill in override_decision (allow / review / block / clear), then: clipline review apply")
+    return "\n".join(lines)
+
+
+def format_apply(summary: dict) -> str:
+    decided = ", ".join(f"{key}: {value}" for key, value in summary["by_decision"].items()) or "-"
+    return (
+        f"applied {summary['applied']} reviewer decisions ({decided}); cleared {summary['cleared']}\n"
+        f"table version {summary['table_version']}"
+    )
+
+
 @user_errors()
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from clipline.pipelines.calibrate import calibrate, format_report
+    from clipline.moderation.calibrate import calibrate, format_report
 
     report = calibrate(
         args.db,
@@ -41,22 +59,19 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         report_dir=args.report_dir,
         storage=storage_from_args(args),
     )
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
-    return 0
+    return emit(Report(report, format_report), args.json)
 
 
 @user_errors()
 def cmd_rescore(args: argparse.Namespace) -> int:
-    from clipline.pipelines.rescore import format_summary, rescore
+    from clipline.moderation.rescore import rescore
 
-    summary = rescore(args.db, args.table, args.policy, storage=storage_from_args(args), dry_run=args.dry_run)
-    print(json.dumps(summary.to_dict(), indent=2) if args.json else format_summary(summary))
-    return 0
+    return emit(rescore(args.db, args.table, args.policy, storage_from_args(args), args.dry_run), args.json)
 
 
 @user_errors()
 def cmd_train_head(args: argparse.Namespace) -> int:
-    from clipline.pipelines.probe import format_report, train_heads
+    from clipline.moderation.heads import format_report, train_heads
 
     report = train_heads(
         args.db,
@@ -71,13 +86,12 @@ def cmd_train_head(args: argparse.Namespace) -> int:
         min_labels=args.min_labels,
         storage=storage_from_args(args),
     )
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
-    return 0
+    return emit(Report(report, format_report), args.json)
 
 
 @user_errors()
 def cmd_review_export(args: argparse.Namespace) -> int:
-    from clipline.pipelines.review import export_queue
+    from clipline.moderation.review import export_queue
 
     summary = export_queue(
         args.db,
@@ -89,30 +103,15 @@ def cmd_review_export(args: argparse.Namespace) -> int:
         image_column=args.image_column,
         storage=storage_from_args(args),
     )
-    if args.json:
-        print(json.dumps(summary, indent=2))
-        return 0
-    print(f"review queue: {summary['rows']} rows → {summary['path']}")
-    print(f"  thumbnails   {summary['thumbnails_written']} written, {summary['thumbnails_from_uri']} from image_uri")
-    for reason, count in summary["thumbnail_failures"].items():
-        print(f"  no thumbnail {count}: {reason}")
-    print("fill in override_decision (allow / review / block / clear), then: clipline review apply")
-    return 0
+    return emit(Report(summary, format_export), args.json)
 
 
 @user_errors()
 def cmd_review_apply(args: argparse.Namespace) -> int:
-    from clipline.pipelines.review import apply_decisions
+    from clipline.moderation.review import apply_decisions
 
-    storage = storage_from_args(args)
-    summary = apply_decisions(args.db, args.table, args.decisions, reviewer=args.reviewer, storage=storage)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-        return 0
-    decided = ", ".join(f"{key}: {value}" for key, value in summary["by_decision"].items()) or "-"
-    print(f"applied {summary['applied']} reviewer decisions ({decided}); cleared {summary['cleared']}")
-    print(f"table version {summary['table_version']}")
-    return 0
+    summary = apply_decisions(args.db, args.table, args.decisions, args.reviewer, storage_from_args(args))
+    return emit(Report(summary, format_apply), args.json)
 
 
 def register(verbs: argparse._SubParsersAction) -> None:

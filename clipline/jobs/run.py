@@ -1,67 +1,38 @@
 """Entrypoint for `ray job submit -- python -m clipline.jobs.run --config JOB.yaml`.
 
 Inside a Ray job, RAY_ADDRESS is set and `ray.init()` joins that cluster. The config is
-validated before Ray is touched, so a bad YAML fails in seconds with the field named.
+validated before Ray is touched, so a bad YAML fails in seconds with the field named. After the
+run commits, its manifest and report are written next to the table.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from clipline.operators.sink import TableMismatch
-from clipline.pipelines.embed import RunOptions, RunSummary, run_job
+from clipline.jobs.output import emit
+from clipline.pipelines.summary import RunOptions, RunSummary
 from clipline.schemas.base import ConfigError
-from clipline.schemas.config import load_job_config
+from clipline.schemas.config import JobConfig, load_job_config
+from clipline.schemas.table import TableMismatch
 
 
-def format_summary(summary: RunSummary) -> str:
-    """A plain-text table for the end of a run."""
-    lines = [
-        f"run {summary.run_id}",
-        f"  input files    {summary.files_total} ({len(summary.files_processed)} processed, "
-        f"{len(summary.files_skipped)} already in the table, {len(summary.files_claimed_elsewhere)} "
-        "claimed by a concurrent run)",
-        f"  rows in        {summary.rows_in}",
-        f"  ok             {summary.ok}",
-        f"  failed         {summary.failed}"
-        + (
-            f"  ({', '.join(f'{k}: {v}' for k, v in sorted(summary.failed_by_code.items()))})" if summary.failed else ""
-        ),
-        "  decisions      " + ", ".join(f"{k}: {v}" for k, v in sorted(summary.decisions.items())),
-    ]
-    for category, actions in summary.flagged.items():
-        counts = ", ".join(f"{action}: {count}" for action, count in sorted(actions.items()))
-        lines.append(f"    {category:<12} {counts}")
-    if summary.dedup.get("duplicates"):
-        dedup = summary.dedup
-        lines.append(
-            f"  duplicates     {dedup['duplicates']} (exact {dedup['exact']}, near {dedup['near']}; "
-            f"of earlier rows {dedup['of_table']}, within the run {dedup['of_run']})"
-        )
-    if summary.labels:
-        lines.append("  labels         " + ", ".join(f"{k}: {v}" for k, v in sorted(summary.labels.items())))
-    lines += [
-        f"  wall time      {summary.wall_s:.1f} s ({summary.rows_per_s:.1f} rows/s)",
-        f"  table          {summary.table_uri} :: {summary.table} "
-        f"({summary.table_rows} rows, version {summary.table_version_before} → {summary.table_version_after})",
-    ]
-    if summary.report_uri:
-        lines.append(f"  report         {summary.report_uri}")
-    return "\n".join(lines)
+def run_and_record(config: JobConfig, options: RunOptions | None = None) -> RunSummary:
+    """Run the job, then write its manifest and report (what `clipline run` and the entrypoint do)."""
+    from clipline.pipelines.run import run_job
+    from clipline.reports import record_run
+
+    return record_run(run_job(config, options), config)
 
 
 def run_from_file(config_path: str, options: RunOptions, as_json: bool = False) -> int:
     """Shared by `clipline run` and this module's entrypoint; returns a process exit code."""
     try:
-        config = load_job_config(config_path)
-        summary = run_job(config, options)
+        summary = run_and_record(load_job_config(config_path), options)
     except (ConfigError, TableMismatch) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(summary.to_dict(), indent=2) if as_json else format_summary(summary))
-    return 0
+    return emit(summary, as_json)
 
 
 def build_parser() -> argparse.ArgumentParser:

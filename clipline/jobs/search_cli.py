@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
+from clipline.jobs.output import Report, emit
 from clipline.jobs.table_args import add_table_arguments, storage_from_args, user_errors
 
 
@@ -20,7 +20,7 @@ def format_results(rows: list[dict]) -> str:
 
 @user_errors(Exception)
 def cmd_search(args: argparse.Namespace) -> int:
-    from clipline.pipelines.search import search_table
+    from clipline.table.search import search_table
 
     results = search_table(
         args.db,
@@ -32,9 +32,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         image=args.image,
         like=args.like,
     )
-    rows = results.to_pylist()
-    print(json.dumps(rows, indent=2, default=str) if args.json else format_results(rows))
-    return 0
+    return emit(Report(results.to_pylist(), format_results), args.json)
 
 
 def register(verbs: argparse._SubParsersAction) -> None:

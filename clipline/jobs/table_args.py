@@ -6,8 +6,12 @@ import argparse
 import functools
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from clipline.schemas.storage import StorageConfig
+
+if TYPE_CHECKING:  # LanceDB is imported by the verbs that open a table, not by `clipline --help`
+    from clipline.table.store import ClipTable
 
 USER_ERROR = 2
 Handler = Callable[[argparse.Namespace], int]
@@ -53,3 +57,9 @@ def storage_from_args(args: argparse.Namespace) -> StorageConfig:
     return StorageConfig(
         endpoint_url=args.endpoint_url, region=args.region, profile=args.profile, anonymous=args.anonymous
     )
+
+
+def open_table_from_args(args: argparse.Namespace) -> ClipTable:
+    from clipline.table.store import ClipTable
+
+    return ClipTable.open(args.db, args.table, storage_from_args(args))

@@ -1,1 +1,1 @@
-"""open_clip loading (hub tag, checkpoint file, bundled tiny CLIP) and embedding helpers."""
+"""open_clip loading (hub tag, checkpoint file, bundled tiny CLIP), the prompt cache, zero-shot maths."""

@@ -20,7 +20,9 @@ import torch
 from clipline.schemas.config import RANDOM_WEIGHTS, TINY_ARCH, ModelConfig
 from clipline.schemas.storage import StorageConfig
 
-TINY_DIR = Path(__file__).parent / "tiny"
+# The bundled tiny CLIP's files live with the demo that trained them (`clipline/demo/tiny/`); this
+# is a data directory, not an import: loading it needs nothing from the demo's code.
+TINY_DIR = Path(__file__).resolve().parent.parent / "demo" / "tiny"
 TINY_WEIGHTS = TINY_DIR / f"{TINY_ARCH}.safetensors"
 RANDOM_INIT_SEED = 0
 DEFAULT_CACHE = Path(os.environ.get("CLIPLINE_CACHE", Path.home() / ".cache" / "clipline"))
@@ -30,6 +32,7 @@ DEFAULT_CACHE = Path(os.environ.get("CLIPLINE_CACHE", Path.home() / ".cache" / "
 class ClipBundle:
     """A loaded model with everything needed to feed it: preprocessing, tokenizer, dimensions."""
 
+    config: ModelConfig
     model: torch.nn.Module
     preprocess: Callable
     tokenizer: Callable
@@ -149,6 +152,7 @@ def load_clip(config: ModelConfig, device: str | None = None, storage: StorageCo
     model.eval()
     visual_cfg = getattr(model.visual, "preprocess_cfg", {})
     return ClipBundle(
+        config=config,
         model=model,
         preprocess=preprocess,
         tokenizer=open_clip.get_tokenizer(config.arch),

@@ -26,11 +26,6 @@ from clipline.models.zero_shot import prompt_weights
 from clipline.schemas.storage import StorageConfig
 
 
-def prompt_cache_uri(db_uri: str) -> str:
-    """Where a table database keeps its prompt embeddings (beside runs, claims and staging)."""
-    return f"{db_uri.rstrip('/')}/_clipline/prompt_banks"
-
-
 def text_tower_digest(bundle: ClipBundle) -> str:
     """sha256 of every parameter outside the image tower, logit scale included (~0.15 s for ViT-B-32)."""
     hasher = hashlib.sha256(f"{bundle.arch}|{bundle.autocast_dtype}".encode())
@@ -43,7 +38,11 @@ def text_tower_digest(bundle: ClipBundle) -> str:
 
 
 class PromptCache:
-    """`prompt_weights`, read from `{db}/_clipline/prompt_banks/<key>.npy` when it was computed before."""
+    """`prompt_weights`, read from `<uri>/<key>.npy` when it was computed before.
+
+    `uri` is a table database's prompt-bank folder (`Sidecars.prompt_banks`), so every run,
+    rescore and calibration on that database shares the cache.
+    """
 
     def __init__(self, uri: str, storage: StorageConfig | None = None) -> None:
         self.uri = uri.rstrip("/")

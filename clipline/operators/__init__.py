@@ -1,1 +1,1 @@
-"""Per-batch transforms on Arrow tables: one class per file, a setup() once, a __call__ per batch; no Ray."""
+"""Per-batch transforms on Arrow tables, one per file, following the stage contract in `base.py`; no Ray."""

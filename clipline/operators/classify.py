@@ -19,6 +19,7 @@ import pyarrow as pa
 from clipline.models.loader import ClipBundle
 from clipline.models.prompt_cache import PromptCache
 from clipline.models.zero_shot import prompt_weights
+from clipline.operators.base import STATEFUL, Resources, WorkerState
 from clipline.operators.columns import embedding_matrix, ok_mask, set_column
 from clipline.schemas.policy import ALL_MODERATION, Policy
 from clipline.schemas.table import REASON_TYPE, SCORE_TYPE
@@ -156,14 +157,23 @@ class ClassifyPolicy:
 
     name = "classify"
 
-    def __init__(self, policy: Policy, bank: PromptBank | None = None, cache: PromptCache | None = None) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        bank: PromptBank | None = None,
+        cache: PromptCache | None = None,
+        resources: Resources = STATEFUL,
+    ) -> None:
         self.policy = policy
         self.bank = bank
         self.cache = cache
+        self.resources = resources
 
-    def setup(self, bundle: ClipBundle) -> None:
-        """Prompt embeddings from the actor's already-loaded model: from the cache, else encoded once."""
-        self.bank = PromptBank.build(bundle, self.policy, cache=self.cache)
+    def setup(self, state: WorkerState) -> None:
+        """Prompt embeddings from the worker's already-loaded model: from the cache, else encoded once."""
+        if state.clip is None:
+            raise RuntimeError("ClassifyPolicy scores with the encoder's model: set up EncodeClip first")
+        self.bank = PromptBank.build(state.clip, self.policy, cache=self.cache)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.bank is None:
@@ -197,5 +207,3 @@ class ClassifyPolicy:
             batch = set_column(batch, name, pa.array(values, types[name]))
         batch = set_column(batch, "policy_version", pa.array([self.policy.version] * batch.num_rows))
         return set_column(batch, "policy_hash", pa.array([self.policy.content_hash] * batch.num_rows))
-
-    _row_embeddings = staticmethod(row_embeddings)

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from clipline.schemas.table import STATUS_OK
+from clipline.schemas.table import Status
 
 
 def set_column(table: pa.Table, name: str, values: pa.Array | pa.ChunkedArray | list) -> pa.Table:
@@ -31,7 +31,7 @@ def column_or_nulls(table: pa.Table, name: str, type_: pa.DataType) -> pa.Array:
 def ok_mask(table: pa.Table) -> np.ndarray:
     """Rows still in play: status ok (rows that failed earlier are carried, not processed)."""
     status = table.column("status")
-    return pc.fill_null(pc.equal(status, STATUS_OK), False).to_numpy(zero_copy_only=False)
+    return pc.fill_null(pc.equal(status, Status.OK), False).to_numpy(zero_copy_only=False)
 
 
 def embedding_array(matrix: np.ndarray, present: np.ndarray, dim: int) -> pa.Array:

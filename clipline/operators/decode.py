@@ -17,9 +17,10 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from clipline.operators.base import STATELESS, Resources, WorkerState
 from clipline.operators.columns import column_or_nulls, set_column
 from clipline.schemas.storage import StorageConfig
-from clipline.schemas.table import STATUS_FAILED, STATUS_OK, ErrorCode
+from clipline.schemas.table import ErrorCode, Status
 
 SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 WHITE = (255, 255, 255)
@@ -144,13 +145,21 @@ class DecodeImages:
 
     name = "decode"
 
-    def __init__(self, image_size: int, max_pixels: int, max_bytes: int, storage: StorageConfig | None = None) -> None:
+    def __init__(
+        self,
+        image_size: int,
+        max_pixels: int,
+        max_bytes: int,
+        storage: StorageConfig | None = None,
+        resources: Resources = STATELESS,
+    ) -> None:
         self.image_size = image_size
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes
         self.storage = storage or StorageConfig()
+        self.resources = resources
 
-    def setup(self) -> None:
+    def setup(self, state: WorkerState) -> None:
         """Nothing to load: decoding is stateless."""
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -168,7 +177,7 @@ class DecodeImages:
             ],
             "content_sha256": [outcome[0] for outcome in outcomes],
             "pixels": pa.array([outcome[1] for outcome in outcomes], pa.binary(pixel_width)),
-            "status": [STATUS_FAILED if outcome[2] else STATUS_OK for outcome in outcomes],
+            "status": [Status.FAILED if outcome[2] else Status.OK for outcome in outcomes],
             "error_code": [outcome[2] for outcome in outcomes],
             "error_message": [outcome[3] for outcome in outcomes],
         }

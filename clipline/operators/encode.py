@@ -12,8 +12,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from clipline.models.loader import ClipBundle, load_clip
+from clipline.models.loader import ClipBundle, load_clip, pick_device
 from clipline.models.zero_shot import encode_pixels, encode_texts, over_context
+from clipline.operators.base import STATEFUL, Resources, WorkerState
 from clipline.operators.columns import add_flag, column_or_nulls, embedding_array, ok_mask, set_column
 from clipline.schemas.config import ModelConfig
 from clipline.schemas.storage import StorageConfig
@@ -37,17 +38,22 @@ class EncodeClip:
         cpus: float = 1.0,
         device: str | None = None,
         storage: StorageConfig | None = None,
+        resources: Resources = STATEFUL,
     ) -> None:
         self.model_config = model
         self.cpus = cpus
         self.device = device
         self.storage = storage or StorageConfig()
+        self.resources = resources
         self.bundle: ClipBundle | None = None
 
-    def setup(self) -> None:
-        """Load the model once; set torch threads to the CPUs this worker was given."""
+    def setup(self, state: WorkerState) -> None:
+        """Load the model once per worker (into `state`, for the stages after this one); set torch threads."""
         torch.set_num_threads(torch_threads_for(self.cpus))
-        self.bundle = load_clip(self.model_config, self.device, self.storage)
+        reusable = state.clip is not None and state.clip.config == self.model_config
+        if not reusable or state.clip.device != pick_device(self.device):
+            state.clip = load_clip(self.model_config, self.device, self.storage)
+        self.bundle = state.clip
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.bundle is None:

@@ -14,6 +14,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from clipline.operators.base import STATELESS, Resources, WorkerState
 from clipline.schemas.base import ConfigError
 from clipline.schemas.config import ColumnsConfig
 from clipline.schemas.storage import StorageConfig
@@ -150,12 +151,19 @@ class ReadRowGroups:
 
     name = "read"
 
-    def __init__(self, columns: ColumnsConfig, keep_columns: list[str], storage: StorageConfig) -> None:
+    def __init__(
+        self,
+        columns: ColumnsConfig,
+        keep_columns: list[str],
+        storage: StorageConfig,
+        resources: Resources = STATELESS,
+    ) -> None:
         self.columns = columns
         self.keep_columns = keep_columns
         self.storage = storage
+        self.resources = resources
 
-    def setup(self) -> None:
+    def setup(self, state: WorkerState) -> None:
         """Nothing to load: reading is stateless."""
 
     def __call__(self, tasks: pa.Table) -> pa.Table:

@@ -1,1 +1,1 @@
-"""The only code that builds Ray Data plans, plus read paths over the output table."""
+"""The Ray Data run: stages, plan, sink, ledger, dedup, run modes, and the Ray-free run summary."""

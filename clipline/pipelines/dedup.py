@@ -46,20 +46,20 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import lancedb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from clipline.pipelines.maintain import ensure_vector_index, probe_settings, vector_index
-from clipline.pipelines.search import quote
 from clipline.schemas.config import DedupConfig
-from clipline.schemas.table import STATUS_OK
+from clipline.schemas.table import Status
+from clipline.table.maintain import ensure_vector_index, probe_settings, vector_index
+from clipline.table.store import ClipTable, Staging
 
 IMAGE = "image_embedding"
-OK_IMAGES = f"status = '{STATUS_OK}' AND {IMAGE} IS NOT NULL"  # scans only; vector queries skip nulls
+OK_IMAGES = f"status = '{Status.OK}' AND {IMAGE} IS NOT NULL"  # scans only; vector queries skip nulls
 # Runs with at most this many image rows compare all pairs with numpy (50k x 50k x 512 is ~10^12
 # multiply-adds, tens of seconds on one core); larger runs index the staging table and ask each
 # row for its ANN neighbours instead.
@@ -69,8 +69,7 @@ CORPUS_BLOCK = 8192
 # ANN neighbours asked per row: the canonical must be among them, so a cluster of more than this
 # many near-identical rows may split in two (each half still a true cluster).
 NEIGHBOURS = 32
-LOOKUP_BATCH = 1000  # ids or hashes per `IN (...)` lookup
-LATEST = datetime.max.replace(tzinfo=timezone.utc)
+LATEST = datetime.max.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -121,12 +120,10 @@ class Seen:
             self.near[later].add(first)
 
 
-def lookup(table: lancedb.table.Table, column: str, values: list[str], columns: list[str]) -> Iterator[dict]:
-    """Rows of `table` whose `column` is one of `values` (ok rows only), in `IN (...)` batches."""
-    for start in range(0, len(values), LOOKUP_BATCH):
-        chunk = ", ".join(quote(value) for value in values[start : start + LOOKUP_BATCH])
-        query = table.search().where(f"status = '{STATUS_OK}' AND {column} IN ({chunk})").select(columns)
-        yield from query.limit(None).to_arrow().to_pylist()
+def lookup(table: ClipTable, column: str, values: list[str], columns: list[str]) -> Iterator[dict]:
+    """Ok rows of `table` whose `column` is one of `values`."""
+    for rows in table.rows_where_in(column, values, columns, where=f"status = '{Status.OK}'"):
+        yield from rows.to_pylist()
 
 
 def as_matrix(vectors: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -143,7 +140,7 @@ def root_of(row: dict) -> str:
     return row["dup_of"] or row["id"]
 
 
-def carried_annotations(staged: pa.Table, table: lancedb.table.Table) -> dict[str, tuple[str | None, str]]:
+def carried_annotations(staged: pa.Table, table: ClipTable) -> dict[str, tuple[str | None, str]]:
     """Staged rows the table already holds with the same content and annotations: (dup_of, dup_cluster)."""
     sha_of = dict(zip(staged.column("id").to_pylist(), staged.column("content_sha256").to_pylist(), strict=True))
     carried = {}
@@ -153,7 +150,7 @@ def carried_annotations(staged: pa.Table, table: lancedb.table.Table) -> dict[st
     return carried
 
 
-def exact_tier(seen: Seen, shas: list[str | None], table: lancedb.table.Table) -> None:
+def exact_tier(seen: Seen, shas: list[str | None], table: ClipTable) -> None:
     """Identical content hashes: later copies follow the run's first; any table copy gives its canonical."""
     by_sha = defaultdict(list)
     for i, sha in enumerate(shas):
@@ -196,7 +193,7 @@ def ann_matches(corpus: lancedb.table.Table, vectors: np.ndarray, threshold: flo
     )
     results = probe_settings(corpus, IMAGE).apply(query).to_arrow()
     near = pc.less_equal(results.column("_distance"), 1.0 - threshold)
-    close = results.filter(pc.and_(near, pc.equal(results.column("status"), STATUS_OK)))
+    close = results.filter(pc.and_(near, pc.equal(results.column("status"), Status.OK)))
     for row in close.to_pylist():
         yield row.get("query_index", 0), row  # a one-vector query has no query_index column
 
@@ -211,16 +208,16 @@ def exact_matches(corpus: lancedb.table.Table, vectors: np.ndarray, threshold: f
             yield int(q), {"id": ids[c], "dup_of": dup_of[c]}
 
 
-def near_tier(seen: Seen, staging: lancedb.table.Table, table: lancedb.table.Table, threshold: float) -> None:
+def near_tier(seen: Seen, staging: lancedb.table.Table, table: ClipTable, threshold: float) -> None:
     """Image cosine >= threshold: table canonicals (ANN when indexed) and earlier rows of the run."""
-    history = ann_matches if vector_index(table, IMAGE) is not None else exact_matches
+    history = ann_matches if vector_index(table.lance, IMAGE) is not None else exact_matches
     if staging.count_rows(OK_IMAGES) > EXACT_PAIRS_MAX_ROWS:
         ensure_vector_index(staging, IMAGE)  # scratch table: indexing it commits nothing to the table
         within = ann_matches
     else:
         within = exact_matches
     for rows, vectors in image_blocks(staging, seen):
-        for q, match in history(table, vectors, threshold):
+        for q, match in history(table.lance, vectors, threshold):
             # only canonicals: a table duplicate's own canonical qualifies by its own similarity
             if match["dup_of"] is None and match["id"] not in seen.index:
                 seen.table_canonicals[rows[q]].add(match["id"])
@@ -230,7 +227,7 @@ def near_tier(seen: Seen, staging: lancedb.table.Table, table: lancedb.table.Tab
                 seen.link_run(rows[q], j)
 
 
-def first_seen(table: lancedb.table.Table, root_ids: set[str]) -> dict[str, tuple]:
+def first_seen(table: ClipTable, root_ids: set[str]) -> dict[str, tuple]:
     """(processed_at, id) of table canonicals, the tie-break between table clusters."""
     seen = {root: (LATEST, root) for root in root_ids}
     for row in lookup(table, "id", sorted(root_ids), ["id", "processed_at"]):
@@ -238,7 +235,7 @@ def first_seen(table: lancedb.table.Table, root_ids: set[str]) -> dict[str, tupl
     return seen
 
 
-def canonicals(seen: Seen, table: lancedb.table.Table) -> list[tuple[str, bool]]:
+def canonicals(seen: Seen, table: ClipTable) -> list[tuple[str, bool]]:
     """Per new row, in the order seen: (canonical id, canonical is a table row)."""
     contested = set().union(*(roots for roots in seen.table_canonicals.values() if len(roots) > 1))
     first = first_seen(table, contested) if contested else {}
@@ -260,26 +257,21 @@ def canonicals(seen: Seen, table: lancedb.table.Table) -> list[tuple[str, bool]]
     return result
 
 
-def annotate_duplicates(
-    staging: lancedb.table.Table | None, table: lancedb.table.Table, config: DedupConfig
-) -> DedupCounts:
-    """Set `dup_of`/`dup_cluster` on every staged row, in place (one merge into staging).
-
-    `staging` is None when a run staged nothing (`LanceSink.staging` before the first stage()).
-    """
+def annotate_duplicates(staging: Staging, table: ClipTable, config: DedupConfig) -> DedupCounts:
+    """Set `dup_of`/`dup_cluster` on every staged row, in place (one merge into staging)."""
     started = time.perf_counter()
     counts = DedupCounts()
-    if not config.enabled or staging is None:
+    if not config.enabled or staging.table is None:
         return counts
-    staged = staging.search().select(["id", "content_sha256", "source", "status"]).limit(None).to_arrow()
-    ok = staged.filter(pc.equal(staged.column("status"), STATUS_OK))
+    staged = staging.table.search().select(["id", "content_sha256", "source", "status"]).limit(None).to_arrow()
+    ok = staged.filter(pc.equal(staged.column("status"), Status.OK))
     counts.checked = ok.num_rows
     carried = carried_annotations(ok, table)
     counts.carried = len(carried)
     new = ok.filter(pc.invert(pc.is_in(ok.column("id"), pa.array(list(carried), pa.string()))))
     seen = Seen(new.column("id").to_pylist(), new.column("source").to_pylist())
     exact_tier(seen, new.column("content_sha256").to_pylist(), table)
-    near_tier(seen, staging, table, config.near_threshold)
+    near_tier(seen, staging.table, table, config.near_threshold)
 
     annotation = dict.fromkeys(staged.column("id").to_pylist(), (None, None))
     annotation.update(carried)
@@ -300,7 +292,6 @@ def annotate_duplicates(
             "dup_cluster": pa.array([value[1] for value in annotation.values()], pa.string()),
         }
     )
-    if updates.num_rows:
-        staging.merge_insert("id").when_matched_update_all().execute(updates)
+    staging.update(updates)
     counts.wall_s = round(time.perf_counter() - started, 3)
     return counts

@@ -20,8 +20,8 @@ import hashlib
 import json
 import math
 from collections import Counter
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -29,12 +29,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clipline.operators.decode import redact_uri
+from clipline.pipelines.summary import RunSummary
 from clipline.schemas.config import JobConfig
 from clipline.schemas.policy import Policy
 from clipline.schemas.storage import StorageConfig
-
-if TYPE_CHECKING:  # embed.py imports Ray; the report verb must not pay for that
-    from clipline.pipelines.embed import RunSummary
+from clipline.table.store import Sidecars, sql_literal
 
 MANIFEST_VERSION = 1
 HISTOGRAM_BINS = 20
@@ -44,23 +43,6 @@ HISTOGRAM_BINS = 20
 # and unlike Jensen–Shannon it stays quiet on small runs where sparse bins are mostly noise.
 DRIFT_THRESHOLD = 0.05
 SCAN_COLUMNS = ["status", "error_code", "scores", "dup_of", "dup_cluster"]
-
-
-def runs_dir(db_uri: str, table: str) -> str:
-    return f"{db_uri.rstrip('/')}/_clipline/runs/{table}"
-
-
-def manifest_uri(db_uri: str, table: str, run_id: str) -> str:
-    return f"{runs_dir(db_uri, table)}/{run_id}.json"
-
-
-def report_uri(db_uri: str, table: str, run_id: str) -> str:
-    return f"{runs_dir(db_uri, table)}/{run_id}.html"
-
-
-def sql_string(value: str) -> str:
-    """A SQL string literal for a LanceDB filter (run ids can come from a job config)."""
-    return "'" + value.replace("'", "''") + "'"
 
 
 def redacted(value: Any) -> Any:
@@ -77,48 +59,6 @@ def redacted(value: Any) -> Any:
 def config_hash(config: JobConfig) -> str:
     """sha256 of the config without its run id: two runs of the same job share a hash."""
     return hashlib.sha256(config.model_dump_json(exclude={"run_id"}).encode()).hexdigest()
-
-
-# --- Ray Data stage stats -------------------------------------------------------------------------
-
-
-def stage_stats(stats: Any) -> list[dict]:
-    """Per-operator wall time and throughput from Ray Data, source first.
-
-    `stats` is what `Dataset.get_stats_summary()` returns after the dataset was iterated (a
-    `DatasetStatsSummary`), or the iterated `Dataset` itself, or None. Read by attribute so this
-    module needs no Ray import: `operators_stats` (this dataset's operators) and `parents`
-    (upstream ones), each with `operator_name`, `time_total_s` (first task start to last task
-    end), `output_num_rows.sum` and `wall_time.sum` / `cpu_time.sum` (summed over tasks).
-    Fused operators (read → decode) appear as one stage, as Ray Data ran them.
-    """
-    if stats is None:
-        return []
-    if hasattr(stats, "get_stats_summary"):
-        stats = stats.get_stats_summary()
-    ordered: list[Any] = []
-
-    def walk(summary: Any) -> None:
-        for parent in getattr(summary, "parents", None) or []:
-            walk(parent)
-        ordered.extend(getattr(summary, "operators_stats", None) or [])
-
-    walk(stats)
-    stages = []
-    for operator in ordered:
-        rows = int(operator.output_num_rows.sum) if operator.output_num_rows else 0
-        wall = float(operator.time_total_s or 0.0)
-        stages.append(
-            {
-                "name": str(operator.operator_name),
-                "wall_s": round(wall, 3),
-                "rows": rows,
-                "rows_per_s": round(rows / wall, 2) if wall else 0.0,
-                "task_s": round(float(operator.wall_time.sum), 3) if operator.wall_time else 0.0,
-                "cpu_s": round(float(operator.cpu_time.sum), 3) if operator.cpu_time else 0.0,
-            }
-        )
-    return stages
 
 
 # --- one scan of the run's rows -------------------------------------------------------------------
@@ -162,7 +102,7 @@ def scan_run_rows(table: Any, run_id: str) -> dict:
     dedup = Counter()
     clusters: set[str] = set()
     table.checkout_latest()
-    query = table.search().where(f"run_id = {sql_string(run_id)}").select(SCAN_COLUMNS).limit(None)
+    query = table.search().where(f"run_id = {sql_literal(run_id)}").select(SCAN_COLUMNS).limit(None)
     for batch in query.to_batches():
         histograms.add(pc.filter(batch.column("scores"), pc.equal(batch.column("status"), "ok")))
         dedup["dup_of"] += len(batch) - batch.column("dup_of").null_count
@@ -255,12 +195,11 @@ def build_manifest(
     summary: RunSummary,
     config: JobConfig,
     policy: Policy | None,
-    stages: list[dict],
     run_rows: dict,
     finished_at: datetime | None = None,
 ) -> dict:
-    """The manifest as a dict; `run_rows` is `scan_run_rows(...)`, `stages` is `stage_stats(...)`."""
-    finished = finished_at or datetime.now(timezone.utc)
+    """The manifest as a dict; `run_rows` is `scan_run_rows(...)`."""
+    finished = finished_at or datetime.now(UTC)
     started = finished - timedelta(seconds=summary.wall_s)
     model = config.model.model_dump(mode="json", exclude={"cache_dir"})
     manifest = {
@@ -296,7 +235,7 @@ def build_manifest(
         "timing": {
             "wall_s": round(summary.wall_s, 3),
             "rows_per_s": round(summary.rows_per_s, 2),
-            "stages": stages,
+            "stages": summary.stages,
         },
         "scores": run_rows["scores"],
     }
@@ -310,12 +249,13 @@ def _listing_time(info: dict) -> float:
 
 
 class ManifestStore:
-    """Manifests and reports of one table's runs under `{db}/_clipline/runs/{table}/`, via fsspec."""
+    """Manifests and reports of one table's runs under `Sidecars.runs(table)`, via fsspec."""
 
     def __init__(self, db_uri: str, table: str, storage: StorageConfig | None = None) -> None:
         self.db_uri, self.table = db_uri.rstrip("/"), table
         storage = storage or StorageConfig()
-        self.fs, self.root = fsspec.core.url_to_fs(runs_dir(db_uri, table), **storage.fsspec_options(db_uri))
+        self.uri = Sidecars(self.db_uri).runs(table)
+        self.fs, self.root = fsspec.core.url_to_fs(self.uri, **storage.fsspec_options(db_uri))
 
     def _path(self, run_id: str, suffix: str) -> str:
         if "/" in run_id or run_id.startswith("."):
@@ -326,7 +266,7 @@ class ManifestStore:
         """Write `{run_id}.{suffix}`; returns its URI as the user gave the database."""
         self.fs.makedirs(self.root, exist_ok=True)
         self.fs.pipe_file(self._path(run_id, suffix), data)
-        return f"{runs_dir(self.db_uri, self.table)}/{run_id}.{suffix}"
+        return f"{self.uri}/{run_id}.{suffix}"
 
     def read(self, run_id: str) -> dict | None:
         try:

@@ -24,9 +24,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from clipline.reports.manifest import sql_string
 from clipline.reports.thumbnails import Thumbnail, load_thumbnails
 from clipline.schemas.storage import StorageConfig
+from clipline.table.store import sql_literal
 
 MAX_THUMBNAILS = 48
 FLAGGED_COLUMNS = ["id", "decision", "reasons", "labels", "source", "image_uri", "text"]
@@ -245,7 +245,7 @@ def flagged_rows(table: Any, run_id: str, per_decision: int = MAX_THUMBNAILS) ->
     table.checkout_latest()
     rows = (
         table.search()
-        .where(f"run_id = {sql_string(run_id)} AND decision IN ('block', 'review')")
+        .where(f"run_id = {sql_literal(run_id)} AND decision IN ('block', 'review')")
         .select(FLAGGED_COLUMNS)
         .limit(None)
         .to_arrow()

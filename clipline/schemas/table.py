@@ -7,15 +7,27 @@ dimension: vectors from a different model in the same column would make search m
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 import pyarrow as pa
 
 from clipline.schemas.config import ModelConfig
 
-STATUS_OK = "ok"
-STATUS_FAILED = "failed"
-DECISIONS = ("allow", "review", "block")
+
+class Status(StrEnum):
+    """A row's outcome: every input row lands as exactly one of these."""
+
+    OK = "ok"
+    FAILED = "failed"
+
+
+class Decision(StrEnum):
+    """The moderation decision, least to most severe."""
+
+    ALLOW = "allow"
+    REVIEW = "review"
+    BLOCK = "block"
+
 
 META_MODEL = b"clipline.model"
 META_PRETRAINED = b"clipline.pretrained"
@@ -25,7 +37,7 @@ META_SCHEMA_VERSION = b"clipline.schema_version"
 SCHEMA_VERSION = "1"
 
 
-class ErrorCode(str, Enum):
+class ErrorCode(StrEnum):
     """Why a row failed; stable strings that users filter on."""
 
     MISSING_CONTENT = "missing_content"
@@ -34,6 +46,10 @@ class ErrorCode(str, Enum):
     URI_NOT_FOUND = "uri_not_found"
     URI_UNREADABLE = "uri_unreadable"
     DUPLICATE_ID = "duplicate_id"
+
+
+class TableMismatch(ValueError):
+    """The existing table was written by a different model or with a different dimension."""
 
 
 SCORE_TYPE = pa.struct([("category", pa.string()), ("score", pa.float32())])

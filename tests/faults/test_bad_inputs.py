@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from clipline.pipelines.embed import run_job
+from clipline.pipelines.run import run_job
 from clipline.schemas.config import JobConfig
 from tests.faults.corpus import cases
 
@@ -43,7 +43,7 @@ def test_every_bad_input_gets_its_outcome(ray_local, tmp_path):
     config = JobConfig.model_validate(
         {
             "source": {"paths": [str(tmp_path / "in")], "keep_columns": ["kind"]},
-            "policy": "clipline/models/tiny/demo_policy.yaml",
+            "policy": "clipline/demo/tiny/demo_policy.yaml",
             "sink": {"uri": str(tmp_path / "db")},
         }
     )

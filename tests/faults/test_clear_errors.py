@@ -13,13 +13,13 @@ import pytest
 import yaml
 
 from clipline.operators.read import plan_input_files
-from clipline.operators.sink import LanceSink
+from clipline.pipelines.sink import LanceSink
 from clipline.schemas.base import ConfigError
 from clipline.schemas.config import ColumnsConfig, ModelConfig
 from clipline.schemas.storage import StorageConfig
 from tests.conftest import FAKE_AWS
 
-POLICY = "clipline/models/tiny/demo_policy.yaml"
+POLICY = "clipline/demo/tiny/demo_policy.yaml"
 
 
 def closed_port() -> int:

@@ -15,7 +15,8 @@ import pyarrow.fs
 import pytest
 import yaml
 
-from clipline.pipelines.embed import RunOptions, run_job
+from clipline.pipelines.run import run_job
+from clipline.pipelines.summary import RunOptions
 from clipline.schemas.config import JobConfig
 from clipline.schemas.storage import StorageConfig
 from tests.faults.flaky_s3 import FlakyS3Proxy
@@ -23,7 +24,7 @@ from tests.pipelines.inputs import image_rows, png_bytes, write_parquet
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-POLICY = os.path.abspath("clipline/models/tiny/demo_policy.yaml")
+POLICY = os.path.abspath("clipline/demo/tiny/demo_policy.yaml")
 
 
 def local_job(tmp_path, **sink) -> JobConfig:

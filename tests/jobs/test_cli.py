@@ -48,7 +48,7 @@ def test_bad_config_fails_before_ray_starts_and_names_the_field(tmp_path):
 
 
 def test_missing_input_is_reported_without_a_traceback(tmp_path):
-    policy = Path(__file__).parents[2] / "clipline" / "models" / "tiny" / "demo_policy.yaml"
+    policy = Path(__file__).parents[2] / "clipline" / "demo" / "tiny" / "demo_policy.yaml"
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump({"source": {"paths": ["missing/"]}, "policy": str(policy), "sink": {"uri": "db"}}))
     result = run([*CLI, "run", str(path)])

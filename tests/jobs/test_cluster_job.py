@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from clipline.jobs.demo import DEMO_POLICY, write_demo_input
+from clipline.demo.demo import DEMO_POLICY, write_demo_input
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -7,9 +7,10 @@ import pytest
 
 from clipline.models import prompt_cache
 from clipline.models.loader import load_clip
-from clipline.models.prompt_cache import PromptCache, prompt_cache_uri
+from clipline.models.prompt_cache import PromptCache
 from clipline.models.zero_shot import prompt_weights
 from clipline.schemas.config import ModelConfig
+from clipline.table.store import Sidecars
 
 PROMPTS = ["a red star", "a blue circle", "a green square"]
 TEMPLATES = ["a photo of {}.", "a drawing of {}."]
@@ -35,8 +36,8 @@ def encodings(monkeypatch):
 
 def test_second_lookup_reads_the_stored_embeddings(tmp_path, tiny, encodings):
     expected = prompt_weights(tiny, PROMPTS, TEMPLATES)
-    first = PromptCache(prompt_cache_uri(str(tmp_path))).prompt_weights(tiny, PROMPTS, TEMPLATES)
-    again = PromptCache(prompt_cache_uri(str(tmp_path)))  # a new actor, same table
+    first = PromptCache(Sidecars(str(tmp_path)).prompt_banks).prompt_weights(tiny, PROMPTS, TEMPLATES)
+    again = PromptCache(Sidecars(str(tmp_path)).prompt_banks)  # a new actor, same table
     second = again.prompt_weights(tiny, PROMPTS, TEMPLATES)
     np.testing.assert_array_equal(first, expected)
     np.testing.assert_array_equal(second, expected)

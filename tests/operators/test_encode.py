@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from clipline.models.zero_shot import encode_images
+from clipline.operators.base import WorkerState
 from clipline.operators.decode import DecodeImages
 from clipline.operators.encode import EncodeClip, torch_threads_for
 from clipline.schemas.config import ModelConfig
@@ -18,7 +19,7 @@ from tests.operators.images import asymmetric, encode
 def encoder() -> EncodeClip:
     torch.manual_seed(0)
     operator = EncodeClip(ModelConfig(pretrained="none"), cpus=1)
-    operator.setup()
+    operator.setup(WorkerState())
     return operator
 
 

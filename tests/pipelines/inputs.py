@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clipline.models.shapes import COLOURS, SHAPES, caption, render
+from clipline.demo.shapes import COLOURS, SHAPES, caption, render
 
 INPUT_SCHEMA = pa.schema(
     [("id", pa.string()), ("image", pa.binary()), ("image_uri", pa.string()), ("text", pa.string())]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import itertools
+from types import SimpleNamespace
 
 import lancedb
 import numpy as np
@@ -16,14 +17,12 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from clipline.models.loader import image_size_for
-from clipline.models.shapes import COLOURS, SHAPES, render
-from clipline.operators.classify import ClassifyPolicy
-from clipline.operators.decode import DecodeImages
-from clipline.operators.sink import LanceSink
-from clipline.pipelines import dedup, maintain
+from clipline.demo.shapes import COLOURS, SHAPES, render
+from clipline.pipelines import dedup
 from clipline.pipelines.dedup import annotate_duplicates
+from clipline.pipelines.sink import LanceSink
 from clipline.schemas.config import DedupConfig, ModelConfig
+from clipline.table import maintain
 
 DIM = 16
 
@@ -266,23 +265,11 @@ def generated_groups(count: int, copies: int, seed: int, size: int = 128) -> lis
 
 
 def ingest_deduped(uri: str, rows: list[dict], config: DedupConfig, run_id: str):
-    """tests/tables.py's ingest, with dedup between staging and the commit (the run pipeline's order)."""
-    from tests.tables import TINY, demo_policy, encoder
+    """tests/tables.py's ingest (the run's stages and tail, dedup included); returns (counts, table)."""
+    from tests.tables import ingest
 
-    batch = pa.Table.from_pylist(
-        [{"source": f"{run_id}.parquet#{i}", "text": None, **r} for i, r in enumerate(rows)],
-        schema=pa.schema([("source", pa.string()), ("id", pa.string()), ("image", pa.binary()), ("text", pa.string())]),
-    )
-    encode = encoder()
-    classify = ClassifyPolicy(demo_policy())
-    classify.setup(encode.bundle)
-    decoded = DecodeImages(image_size_for(TINY.arch), max_pixels=10**8, max_bytes=10**8)(batch)
-    sink = LanceSink(uri, "media", encode.bundle.embed_dim, TINY, run_id)
-    sink.setup()
-    sink.stage(classify(encode(decoded)))
-    counts = annotate_duplicates(sink.staging, sink.table, config)
-    sink.commit()
-    return counts, lancedb.connect(uri).open_table("media")
+    summary = ingest(uri, rows, dedup=config, run_id=run_id, source=f"{run_id}.parquet")
+    return SimpleNamespace(**summary.dedup), lancedb.connect(uri).open_table("media")
 
 
 def pair_counts(predicted: dict[str, str], truth: dict[str, int]) -> tuple[int, int, int]:

@@ -10,13 +10,15 @@ import lancedb
 import pytest
 import yaml
 
-from clipline.pipelines.embed import RunOptions, run_job
+from clipline.jobs.run import run_and_record
+from clipline.pipelines.run import run_job
+from clipline.pipelines.summary import RunOptions
 from clipline.schemas.config import load_job_config
 from tests.pipelines.inputs import image_rows, write_parquet
 
 pytestmark = pytest.mark.ray
 
-DEMO_POLICY = os.path.abspath("clipline/models/tiny/demo_policy.yaml")
+DEMO_POLICY = os.path.abspath("clipline/demo/tiny/demo_policy.yaml")
 
 
 def job_file(tmp_path, **resources) -> str:
@@ -89,7 +91,7 @@ def test_embedding_only_run_has_vectors_and_no_decisions(ray_local, tmp_path):
     (tmp_path / "in").mkdir()
     write_parquet(image_rows("e", 4, seed=5), tmp_path / "in" / "e.parquet")
     (tmp_path / "job.yaml").write_text(yaml.safe_dump({"source": {"paths": ["in/"]}, "sink": {"uri": "db"}}))
-    summary = run_job(load_job_config(tmp_path / "job.yaml"))
+    summary = run_and_record(load_job_config(tmp_path / "job.yaml"))
     rows = lancedb.connect(str(tmp_path / "db")).open_table("media").to_arrow().to_pylist()
     assert summary.ok == len(rows) == 4
     assert all(row["image_embedding"] is not None and row["decision"] is None for row in rows)

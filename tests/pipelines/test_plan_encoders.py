@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from clipline.pipelines.embed import plan_encoders
+from clipline.pipelines.plan import plan_encoders
 from clipline.schemas.base import ConfigError
 from clipline.schemas.config import ResourcesConfig
 

@@ -10,7 +10,7 @@ import pyarrow.fs
 import pytest
 
 from clipline.models.loader import TINY_WEIGHTS
-from clipline.pipelines.embed import run_job
+from clipline.pipelines.run import run_job
 from clipline.schemas.config import JobConfig
 from clipline.schemas.storage import StorageConfig
 from tests.conftest import FAKE_AWS
@@ -18,7 +18,7 @@ from tests.pipelines.inputs import image_rows, png_bytes, write_parquet
 
 pytestmark = pytest.mark.ray
 
-DEMO_POLICY = "clipline/models/tiny/demo_policy.yaml"
+DEMO_POLICY = "clipline/demo/tiny/demo_policy.yaml"
 
 
 def s3_filesystem(endpoint: str) -> pyarrow.fs.S3FileSystem:

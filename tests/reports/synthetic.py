@@ -13,15 +13,15 @@ import numpy as np
 import pyarrow as pa
 
 from clipline.operators.classify import decide
-from clipline.operators.sink import LanceSink
-from clipline.pipelines.embed import RunSummary, Tally
+from clipline.pipelines.sink import LanceSink
+from clipline.pipelines.summary import RunSummary, Tally
 from clipline.schemas.config import JobConfig, ModelConfig
 from clipline.schemas.policy import Policy, load_policy
 from clipline.schemas.storage import StorageConfig
 from clipline.schemas.table import REASON_TYPE, SCORE_TYPE
 from tests.pipelines.inputs import png_bytes, write_parquet
 
-DEMO_POLICY = Path(__file__).parents[2] / "clipline" / "models" / "tiny" / "demo_policy.yaml"
+DEMO_POLICY = Path(__file__).parents[2] / "clipline" / "demo" / "tiny" / "demo_policy.yaml"
 
 
 def policy() -> Policy:
@@ -113,7 +113,7 @@ def write_run(
             ]
         ),
     )
-    sink = LanceSink(str(db), table, 8, ModelConfig(), run_id, storage_options=storage.lance_options(str(db)))
+    sink = LanceSink(str(db), table, 8, ModelConfig(), run_id, storage=storage)
     sink.setup()
     summary = RunSummary(run_id=run_id, table_uri=str(db), table=table)
     summary.table_version_before = sink.version

@@ -9,16 +9,10 @@ import lancedb
 import numpy as np
 import pytest
 
-from clipline.pipelines.embed import RunSummary
+from clipline.pipelines.summary import RunSummary, stage_stats
 from clipline.reports import write_run_artifacts
-from clipline.reports.manifest import (
-    DRIFT_THRESHOLD,
-    ManifestStore,
-    js_distance,
-    manifest_uri,
-    stage_stats,
-    wasserstein,
-)
+from clipline.reports.manifest import DRIFT_THRESHOLD, ManifestStore, js_distance, wasserstein
+from clipline.table.store import Sidecars
 from tests.conftest import FAKE_AWS
 from tests.reports.synthetic import scored_rows, write_run
 
@@ -54,7 +48,7 @@ def first_run(tmp_path):
 
 def test_manifest_lands_next_to_the_table_and_its_counts_equal_the_table(first_run):
     tmp_path, _, _, artifacts = first_run
-    assert artifacts.manifest_uri == manifest_uri(str(tmp_path / "db"), "media", "run-1")
+    assert artifacts.manifest_uri == f"{Sidecars(str(tmp_path / 'db')).runs('media')}/run-1.json"
     on_disk = json.loads((tmp_path / "db" / "_clipline" / "runs" / "media" / "run-1.json").read_text())
     assert on_disk == artifacts.manifest
     counts = table_counts(tmp_path / "db", "run-1")

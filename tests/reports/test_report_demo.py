@@ -13,8 +13,9 @@ import lancedb
 import pyarrow as pa
 import pytest
 
-from clipline.jobs.demo import run_demo
-from clipline.reports.manifest import ManifestStore, stage_stats
+from clipline.demo.demo import run_demo
+from clipline.pipelines.summary import stage_stats
+from clipline.reports.manifest import ManifestStore
 from clipline.schemas.policy import load_policy
 from tests.reports.browser import chromium, decoded_images
 

@@ -223,9 +223,9 @@ def test_production_policy_covers_the_taxonomy_and_has_a_special_care_rule():
 
 @pytest.fixture(scope="module")
 def bundle():
-    from tests.tables import encoder
+    from tests.tables import bundle
 
-    return encoder().bundle
+    return bundle()
 
 
 def test_ensembling_averages_template_embeddings_and_renormalises(bundle):
@@ -242,9 +242,9 @@ def test_ensembling_averages_template_embeddings_and_renormalises(bundle):
 def test_ensembling_changes_scores_and_ranks_the_concept_at_least_as_well(bundle):
     """One template vs six on the same images: scores move, and the ensemble separates star from
     non-star at least as well (CLIP paper §3.1.4: ensembling is a free gain)."""
-    from clipline.models.shapes import SHAPES, TEMPLATES, render
+    from clipline.demo.shapes import SHAPES, TEMPLATES, render
     from clipline.models.zero_shot import encode_images
-    from clipline.pipelines.calibrate import PRCurve
+    from clipline.moderation.calibrate import PRCurve
 
     rng = np.random.default_rng(77)
     images, truth = [], []
