@@ -27,9 +27,10 @@ from pathlib import Path
 import lancedb
 import numpy as np
 import pyarrow as pa
-from clipline.pipelines.maintain import ProbeSettings, maintain_table, probe_settings, vector_index
 
+from clipline.table.maintain import ProbeSettings, maintain_table, probe_settings, vector_index
 from clipline.table.search import search_vector
+from clipline.table.store import ClipTable
 
 CENTRES = 2_000
 CHUNK = 50_000
@@ -100,7 +101,7 @@ def bench(rows: int, dim: int, kind: str, n_queries: int, workdir: str) -> dict:
     started = time.perf_counter()
     table, data, centres, rng = build(f"{workdir}/{kind}-{rows}", rows, dim, kind, seed=rows)
     write_s = time.perf_counter() - started
-    report = maintain_table(table)
+    report = maintain_table(ClipTable(str(Path(table.uri).parent), table))
     queries = unit_rows(rng, n_queries, dim, kind, centres)
     truth = exact_top10(data, queries)
     planned = probe_settings(table)

@@ -14,7 +14,10 @@ def cmd_maintain(args: argparse.Namespace) -> int:
     from clipline.table.maintain import maintain_table
 
     table = open_table_from_args(args)
-    return emit(maintain_table(table.lance, retention=timedelta(days=args.retention_days)), args.json)
+    report = maintain_table(
+        table, retention=timedelta(days=args.retention_days), stale_staging=timedelta(hours=args.stale_staging_hours)
+    )
+    return emit(report, args.json)
 
 
 def format_manifest(manifest: dict) -> str:
@@ -53,6 +56,12 @@ def register(verbs: argparse._SubParsersAction) -> None:
     add_table_arguments(maintain)
     maintain.add_argument(
         "--retention-days", type=float, default=7.0, help="keep versions younger than this (default 7)"
+    )
+    maintain.add_argument(
+        "--stale-staging-hours",
+        type=float,
+        default=6.0,
+        help="remove staging left by runs that stopped this long ago (default 6, the claim TTL)",
     )
     maintain.add_argument("--json", action="store_true", help="print the report as JSON")
     maintain.set_defaults(handler=cmd_maintain)

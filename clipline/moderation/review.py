@@ -297,7 +297,7 @@ def apply_decisions(
             )
     names = ["id", "decision", "override_decision", "override_by", "override_at", "override_note"]
     schema = pa.schema([table.lance.schema.field(name) for name in names])
-    table.merge(pa.Table.from_pylist(records, schema=schema), insert_new=False)
+    table.merge(pa.Table.from_pylist(records, schema=schema), insert_new=False, few=True)
     counts = Counter(item["decision"] for item in decisions.values())
     summary.update(
         applied=sum(count for value, count in counts.items() if value != CLEAR),

@@ -31,11 +31,15 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+import fsspec
 import lancedb
 import pyarrow as pa
 from lancedb.index import Bitmap, BTree, IvfPq, IvfSq, LabelList
+
+from clipline.table.buckets import maintain_buckets
+from clipline.table.store import ClipTable
 
 EMBEDDING_COLUMNS = ("image_embedding", "text_embedding")
 # Below this many float32 values (rows x dim: 4,096 rows at 512-d, 8 MB) a flat scan costs a few
@@ -55,6 +59,7 @@ REFINE = {"ivf_sq": 4, "ivf_pq": 20}
 # Retrain when the planned partition count is this far from the index's (the table doubled).
 RETRAIN_RATIO = 2.0
 DEFAULT_RETENTION = timedelta(days=7)
+STALE_STAGING = timedelta(hours=6)  # the default claim TTL (`sink.claim_ttl_hours`)
 # decision/status: a handful of values -> bitmap; labels: list membership (array_has_any) ->
 # label list; id/content_sha256: point lookups (merge_insert on id, exact dedup by hash) -> btree.
 SCALAR_INDEXES = {
@@ -63,6 +68,7 @@ SCALAR_INDEXES = {
     "labels": LabelList,
     "id": BTree,
     "content_sha256": BTree,
+    "dup_bucket": BTree,  # a run reads the table's rows of its dedup buckets: up to ~100k distinct values
 }
 SCALAR_NAMES = {Bitmap: "BITMAP", LabelList: "LABEL_LIST", BTree: "BTREE"}
 _PLAN_NAME = re.compile(r"_(ivf_sq|ivf_pq)_p(\d+)$")
@@ -220,6 +226,8 @@ class MaintainReport:
     vector: dict[str, str] = field(default_factory=dict)
     build_s: dict[str, float] = field(default_factory=dict)
     scalar: dict[str, str] = field(default_factory=dict)
+    buckets: str = "-"
+    stale_staging: list[str] = field(default_factory=list)
     optimize_s: float = 0.0
     wall_s: float = 0.0
 
@@ -235,6 +243,8 @@ class MaintainReport:
             lines.append(f"  {column:<15} {text}")
         scalar = ", ".join(f"{column} {text}" for column, text in self.scalar.items())
         lines.append(f"  scalar indexes  {scalar or '-'}")
+        lines.append(f"  dedup buckets   {self.buckets}")
+        lines.append(f"  stale staging   {len(self.stale_staging)} removed")
         lines.append(f"  optimize        {self.optimize_s:.1f} s (compaction, index refresh, cleanup)")
         lines.append(f"  wall time       {self.wall_s:.1f} s")
         return "\n".join(lines)
@@ -260,31 +270,64 @@ def ensure_scalar_indexes(table: lancedb.table.Table) -> dict[str, str]:
     return done
 
 
-def maintain_table(table: lancedb.table.Table, retention: timedelta = DEFAULT_RETENTION) -> MaintainReport:
-    """Indexes first (trained on all rows), then one optimize(): compaction, index refresh, cleanup.
+def maintain_table(
+    table: ClipTable, retention: timedelta = DEFAULT_RETENTION, stale_staging: timedelta = STALE_STAGING
+) -> MaintainReport:
+    """Buckets, then indexes (trained on all rows), then one optimize(): compaction, index refresh, cleanup.
 
     Versions older than `retention` are removed; readers pinned to such a version (a curation
     export in progress, another process's stale handle) fail, so keep retention above the
-    longest job that reads the table. The latest version is never removed.
+    longest job that reads the table. The latest version is never removed. Files a killed run
+    wrote into the table without committing them are removed with the versions of their age.
+    Staging left by killed runs is removed once older than `stale_staging` (the claim TTL: a run
+    that old no longer holds its files).
     """
     started = time.perf_counter()
-    before = TableState.of(table)
-    report = MaintainReport(table=table.name, before=before, after=before)
+    lance_table = table.lance
+    before = TableState.of(lance_table)
+    report = MaintainReport(table=lance_table.name, before=before, after=before)
     if before.rows:
+        report.buckets = maintain_buckets(table).describe()
         for column in EMBEDDING_COLUMNS:
-            if embedding_dim(table.schema, column) is None:
+            if embedding_dim(lance_table.schema, column) is None:
                 continue
-            plan, action, seconds = ensure_vector_index(table, column)
+            plan, action, seconds = ensure_vector_index(lance_table, column)
             report.vector[column] = f"{plan.describe()}: {action}" + (f" in {seconds:.1f} s" if seconds else "")
             if seconds:
                 report.build_s[column] = round(seconds, 3)
-        report.scalar = ensure_scalar_indexes(table)
+        report.scalar = ensure_scalar_indexes(lance_table)
     optimize_started = time.perf_counter()
-    table.optimize(cleanup_older_than=retention)
+    lance_table.optimize(cleanup_older_than=retention)
     # optimize() prunes old versions before it folds new rows into the indexes, so that fold's own
     # version is left behind; a second pass (nothing left to compact or index) prunes it too.
-    table.optimize(cleanup_older_than=retention)
+    lance_table.optimize(cleanup_older_than=retention)
     report.optimize_s = time.perf_counter() - optimize_started
-    report.after = TableState.of(table)
+    report.stale_staging = remove_stale_staging(table, stale_staging)
+    report.after = TableState.of(lance_table)
     report.wall_s = time.perf_counter() - started
     return report
+
+
+def remove_stale_staging(table: ClipTable, older_than: timedelta) -> list[str]:
+    """Remove scratch datasets under `Sidecars.staging` whose newest file is older than `older_than`."""
+    uri = table.sidecars.staging
+    fs, root = fsspec.core.url_to_fs(uri, **table.storage.fsspec_options(uri))
+    try:
+        entries = fs.ls(root, detail=False)
+    except FileNotFoundError:
+        return []
+    cutoff = time.time() - older_than.total_seconds()
+    removed = []
+    for entry in entries:
+        files = fs.find(entry, detail=True)
+        newest = max((listing_time(info) for info in files.values()), default=0.0)
+        if newest < cutoff:
+            fs.rm(entry, recursive=True)
+            removed.append(entry.rsplit("/", 1)[-1])
+    return removed
+
+
+def listing_time(info: dict) -> float:
+    """When an object was written, from an fsspec listing (local mtime or S3 LastModified)."""
+    value = info.get("mtime") or info.get("LastModified") or info.get("created") or 0
+    return value.timestamp() if isinstance(value, datetime) else float(value)

@@ -23,7 +23,14 @@ import pyarrow as pa
 
 from clipline.schemas.config import ModelConfig
 from clipline.schemas.storage import StorageConfig
-from clipline.schemas.table import META_DIM, META_MODEL, META_MODEL_CONFIG, META_PRETRAINED, TableMismatch
+from clipline.schemas.table import (
+    META_DIM,
+    META_MODEL,
+    META_MODEL_CONFIG,
+    META_PRETRAINED,
+    REVIEW_COLUMNS,
+    TableMismatch,
+)
 
 SIDECAR_DIR = "_clipline"
 IDS_PER_QUERY = 1000  # values per `IN (...)` filter: long enough to batch, short enough to parse fast
@@ -57,6 +64,14 @@ class Sidecars:
     def prompt_banks(self) -> str:
         """Prompt embeddings, one `.npy` per (text tower, prompts, templates) key."""
         return f"{self.root}/prompt_banks"
+
+    @property
+    def dedup(self) -> str:
+        """Dedup centroids, one versioned `.npy` per model: shared by every run, so buckets match."""
+        return f"{self.root}/dedup"
+
+    def centroids(self, model_key: str, version: int) -> str:
+        return f"{self.dedup}/centroids-{model_key}-v{version}.npy"
 
     def claims(self, table: str) -> str:
         """Claim objects that keep two concurrent runs off the same input file."""
@@ -143,9 +158,16 @@ class ClipTable:
     def open_or_create(
         cls, db_uri: str, name: str, schema: pa.Schema, storage: StorageConfig | None = None
     ) -> ClipTable:
-        """The table, created with `schema` when missing; refused when another model wrote it."""
+        """The table, created with `schema` when missing; refused when another model wrote it.
+
+        A table written by an older clipline gets the columns it lacks, all null (a metadata-only
+        change, one version, once): every writer then writes the same columns.
+        """
         lance = open_or_create_lance_table(connect(db_uri, storage), name, schema)
         check_table_model(lance.schema, schema, name)
+        missing = [field for field in schema if field.name not in lance.schema.names]
+        if missing:
+            lance.add_columns(missing)
         return cls(db_uri, lance, storage)
 
     @property
@@ -187,17 +209,24 @@ class ClipTable:
 
     def overrides(self) -> dict[str, str]:
         """Reviewer decisions by id; few (human-made), so they fit in memory."""
-        query = self.lance.search().where("override_decision IS NOT NULL").select(["id", "override_decision"])
-        rows = query.limit(None).to_arrow()
-        return dict(zip(rows.column("id").to_pylist(), rows.column("override_decision").to_pylist(), strict=True))
+        return {row_id: review["override_decision"] for row_id, review in self.reviews().items()}
 
-    def merge(self, rows: pa.Table | pa.RecordBatchReader, insert_new: bool) -> int:
+    def reviews(self) -> dict[str, dict]:
+        """Every reviewed row's review columns by id, read at the latest version."""
+        self.lance.checkout_latest()
+        query = self.lance.search().where("override_decision IS NOT NULL").select(["id", *REVIEW_COLUMNS])
+        return {row.pop("id"): row for row in query.limit(None).to_arrow().to_pylist()}
+
+    def merge(self, rows: pa.Table | pa.RecordBatchReader, insert_new: bool, few: bool = False) -> int:
         """One `merge_insert` on `id`: update the rows that exist, insert the others only if `insert_new`.
 
         Returns the number of rows written. Null vectors are legitimate (text-only rows have no
         image embedding); LanceDB's default treats them as malformed, so they are kept as nulls.
+        Only a `few` rows (a review batch) may join through the scalar index on `id`: the indexed
+        join buffers every source row (~16 KB each) and fails beyond ~50k rows, where the plain
+        join scans the table's ids instead.
         """
-        upsert = self.lance.merge_insert("id").when_matched_update_all()
+        upsert = self.lance.merge_insert("id").when_matched_update_all().use_index(few)
         if insert_new:
             upsert = upsert.when_not_matched_insert_all()
         result = upsert.execute(rows, on_bad_vectors="null")

@@ -6,11 +6,13 @@ import json
 import subprocess
 import sys
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from clipline.jobs.cli import main
+from clipline.schemas.config import DedupConfig
 from clipline.table import maintain
 from clipline.table.maintain import (
     ProbeSettings,
@@ -20,7 +22,11 @@ from clipline.table.maintain import (
     vector_index,
 )
 from clipline.table.search import search_vector
+from clipline.table.store import ClipTable
 from tests.pipelines.test_dedup import row, unit, write_run
+
+# The tables these tests read are committed by the run's tail, which runs as Ray tasks.
+pytestmark = pytest.mark.usefixtures("ray_local")
 
 CLI = [sys.executable, "-m", "clipline.jobs.cli"]
 
@@ -58,15 +64,20 @@ def fragmented_table(uri: str, runs: int, per_run: int, start: int = 0):
             row(f"r{r}-{i}", unit(r * 1000 + i), decision=("allow", "review")[i % 2], labels=["star"] if i % 3 else [])
             for i in range(per_run)
         ]
-        _, table = write_run(uri, rows, config=None, run_id=f"run{r}")
+        _, table = write_run(uri, rows, config=DedupConfig(enabled=False), run_id=f"run{r}")
     return table
+
+
+def maintained(table, **options):
+    """`maintain_table` on the clipline table behind a LanceDB handle."""
+    return maintain_table(ClipTable(str(Path(table.uri).parent), table), **options)
 
 
 @pytest.mark.filterwarnings("ignore:optimize.cleanup_older_than=0")
 def test_maintain_builds_indexes_compacts_and_removes_old_versions(tmp_path, monkeypatch):
     small_plans(monkeypatch)
     table = fragmented_table(str(tmp_path), runs=6, per_run=50)
-    report = maintain_table(table, retention=timedelta(0))
+    report = maintained(table, retention=timedelta(0))
     before, after = report.before, report.after
     assert before.fragments == 6 and after.fragments == 1
     assert before.versions >= 6 and after.versions == 1
@@ -81,16 +92,17 @@ def test_maintain_builds_indexes_compacts_and_removes_old_versions(tmp_path, mon
         "labels": "LABEL_LIST built",
         "id": "BTREE built",
         "content_sha256": "BTREE built",
+        "dup_bucket": "BTREE built",
     }
     text = report.format()
     assert "fragments       6 → 1" in text and "versions" in text
     # 300 rows in 5 partitions, 128 rows per query: 3 probes, then an exact rerank of SQ codes.
     assert probe_settings(table) == ProbeSettings(nprobes=3, refine_factor=4)
 
-    again = maintain_table(table)
+    again = maintained(table)
     assert again.vector["image_embedding"].endswith("kept") and set(again.scalar.values()) == {"kept"}
     fragmented_table(str(tmp_path), runs=4, per_run=100, start=6)  # 700 rows: 11 partitions planned
-    grown = maintain_table(table, retention=timedelta(0))
+    grown = maintained(table, retention=timedelta(0))
     assert "rebuilt" in grown.vector["image_embedding"]
     assert vector_index(table, "image_embedding").name == "image_embedding_ivf_sq_p11"
     assert grown.after.fragments == 1
@@ -99,7 +111,7 @@ def test_maintain_builds_indexes_compacts_and_removes_old_versions(tmp_path, mon
 def test_search_after_maintain_matches_exact_search_and_filters_fill_k(tmp_path, monkeypatch):
     small_plans(monkeypatch)
     table = fragmented_table(str(tmp_path), runs=4, per_run=100)
-    maintain_table(table)
+    maintained(table)
     vectors = {r["id"]: np.array(r["image_embedding"]) for r in table.to_arrow().to_pylist()}
     ids = list(vectors)
     matrix = np.stack([vectors[i] for i in ids])
@@ -120,7 +132,7 @@ def test_search_after_maintain_matches_exact_search_and_filters_fill_k(tmp_path,
 
 def test_text_only_rows_leave_the_image_column_brute_force(tmp_path):
     table = fragmented_table(str(tmp_path), runs=1, per_run=20)
-    report = maintain_table(table)
+    report = maintained(table)
     assert report.vector["image_embedding"].startswith("brute force") and vector_index(table, "image_embedding") is None
 
 

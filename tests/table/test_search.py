@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import lancedb
 import numpy as np
@@ -18,7 +19,11 @@ from clipline.demo.shapes import COLOURS, SHAPES, caption, render
 from clipline.jobs.cli import main
 from clipline.table.maintain import maintain_table, probe_settings, vector_index
 from clipline.table.search import search_image, search_like, search_table, search_text, search_vector
+from clipline.table.store import ClipTable
 from tests.pipelines.test_dedup import encoded, variant
+
+# The tables these tests read are committed by the run's tail, which runs as Ray tasks.
+pytestmark = pytest.mark.usefixtures("ray_local")
 
 CLI = [sys.executable, "-m", "clipline.jobs.cli"]
 
@@ -44,7 +49,7 @@ def random_table(uri: str, rows: int, dim: int, seed: int = 0):
 @pytest.mark.slow
 def test_ann_recall_at_10_on_50k_random_unit_vectors_and_filters_fill_k(tmp_path):
     table, vectors = random_table(str(tmp_path), 50_000, 512)
-    report = maintain_table(table)
+    report = maintain_table(ClipTable(str(Path(table.uri).parent), table))
     assert vector_index(table, "image_embedding").name == "image_embedding_ivf_sq_p7"
     settings = probe_settings(table)
     queries = np.random.default_rng(1).standard_normal((100, 512), dtype=np.float32)
