@@ -40,11 +40,11 @@ from PIL import Image
 from clipline.models.loader import load_clip
 from clipline.operators.columns import embedding_array
 from clipline.pipelines.plan import ensure_ray
-from clipline.pipelines.run import run_job
-from clipline.pipelines.sink import LanceSink
+from clipline.pipelines.run import commit_encoded, run_job
 from clipline.pipelines.summary import RunOptions
 from clipline.schemas.config import JobConfig, ModelConfig
-from clipline.table.store import Sidecars
+from clipline.schemas.table import output_schema
+from clipline.table.store import ClipTable, Sidecars
 
 
 def photo_like(rng: np.random.Generator) -> Image.Image:
@@ -189,11 +189,12 @@ def lance_write_only(db: Path, n: int, dim: int, model: ModelConfig) -> float:
             "image_embedding": embedding_array(vectors, np.ones(n, dtype=bool), dim),
         }
     )
+    config = JobConfig.model_validate(
+        {"source": {"paths": ["x"]}, "model": model.model_dump(), "sink": {"uri": str(db)}}
+    )
     started = time.perf_counter()
-    sink = LanceSink(str(db), "media", dim, model, "bench-write")
-    sink.setup()
-    sink.stage(rows)
-    sink.commit()
+    table = ClipTable.open_or_create(str(db), "media", output_schema(dim, model))
+    commit_encoded(config, table, rows)
     return time.perf_counter() - started
 
 

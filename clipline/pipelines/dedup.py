@@ -1,297 +1,369 @@
-"""Tiered dedup of a run against itself and against the table: annotate, never delete.
+"""Tiered dedup of a run against itself and against the table, on Ray workers, linear in N.
 
-Two tiers, both only over `ok` rows:
+Three tiers, all over `ok` rows only, and rows are annotated, never deleted:
 
-- exact: the same `content_sha256` (identical image bytes, or identical text for text-only rows);
+- exact: the same `content_sha256` (identical bytes, or identical text for text-only rows),
+  found by a hash join: rows are partitioned by hash, and each partition looks its hashes up in
+  the table through the scalar index on `content_sha256`;
+- perceptual (when rows carry `pdq_hash`): PDQ hashes within `DedupConfig.pdq_distance` bits,
+  which survives re-encoding where the content hash does not;
 - near: image embeddings with cosine >= `DedupConfig.near_threshold` (resized, re-encoded,
-  slightly cropped copies), found exactly with numpy while that is cheap and through the
-  LanceDB vector index (ANN) beyond.
+  slightly cropped copies).
+
+The perceptual and near tiers compare rows only inside buckets (the SemDeDup scheme, as NeMo
+Curator does it): spherical k-means centroids over image embeddings, fitted once on a sample and
+stored beside the table (`Sidecars.centroids`), so that history rows and new rows share buckets.
+Every image row carries its nearest centroid in `dup_bucket` (scalar-indexed), and a new row is
+compared, exactly, with the new rows and the table's rows of its nearest and second-nearest
+buckets: the table is read by bucket, never scanned whole, and the work per run grows with the
+run, not with the table. A copy across a bucket border is found through the second bucket;
+copies farther apart than that are missed (measured in benchmarks/tail.py).
 
 Every duplicate gets `dup_of` = its canonical's id and every `ok` row gets `dup_cluster` = its
 canonical's id (its own when it is the canonical), so `dup_of IS NULL` selects one row per
-cluster and `dup_cluster = X` lists a cluster. Pointers go straight to the canonical, never
-through a chain.
+cluster and pointers go straight to the canonical, never through a chain.
 
 Clusters are centred on their canonical (greedy "leader" clustering, in the order rows were
-seen): a row joins a cluster only if it duplicates the canonical itself (same hash, or cosine >=
-threshold to it). So every `dup_of` is a claim one can check on the two rows alone, and a
-cluster's radius is bounded. Connected components (single linkage) were measured first and
-rejected: one chance pair above the threshold between two unrelated images merges both clusters
-whole, and chains of copies drift arbitrarily far from the canonical. With the bundled tiny CLIP
-on generated shapes (tests/pipelines/test_dedup.py), leader clustering had pairwise precision
-0.95 where components had 0.91 on the same set.
-A row identical in content to an earlier row (same hash) shares that row's canonical.
+seen): a row joins a cluster only if it duplicates the canonical itself. So every `dup_of` is a
+claim one can check on the two rows alone, and a cluster's radius is bounded (connected
+components were measured and rejected: one chance pair merges two clusters whole, and chains
+drift). The leader pass is sequential by nature; it runs in one Ray task over the sparse links
+the tiers found (a few per duplicate), not over the rows. A row keeps at most `NEIGHBOURS`
+earlier near rows as candidate canonicals (the earliest ones): a cluster of more near-identical
+rows than that may split in two, each half still a true cluster.
 
-Canonical = earliest seen, defined as:
-
-1. Rows already in the table were seen before any row of this run. Their annotations are kept as
-   they are (a run only annotates its staged rows; the table is never rewritten), so a run's row
-   that duplicates a table canonical points at it; an exact copy of any table row points at that
-   row's canonical. When several table canonicals qualify, the one with the earliest
+Canonical = earliest seen:
+1. Rows already in the table come first. Their annotations are kept (a run annotates only its
+   own rows), so a run's row that duplicates a table canonical points at it, and an exact copy of
+   any table row points at that row's canonical. Among several table canonicals the earliest
    (`processed_at`, `id`) wins.
-2. Within a run, input order: (source file, row number, id) from `source`. Not `processed_at`
-   nor staging order: Ray Data does not keep row order, so those differ between two runs of the
-   same files, and a rerun must pick the same canonicals.
-3. A rerun restages rows whose id and content are already in the table with annotations: those
-   keep their annotations (`carried`), so reruns are stable by construction. A row whose content
-   changed, or one written before dedup existed, is annotated afresh like a new row.
-
-`annotate_duplicates` runs on the run's staging table after every row is staged and before the
-single merge commit, so the table only ever sees annotated rows, in the same commit as the rows.
+2. Within a run, input order: (file, row number), never processing order (Ray Data does not keep
+   row order, and a rerun must pick the same canonicals).
+3. A rerun rewrites rows whose id and content the table already holds with annotations: those
+   keep their annotations (`carried`, decided by `identity.py`), so reruns are stable.
 """
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-import lancedb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from clipline.schemas.config import DedupConfig
-from clipline.schemas.table import Status
-from clipline.table.maintain import ensure_vector_index, probe_settings, vector_index
-from clipline.table.store import ClipTable, Staging
+from clipline.operators.columns import embedding_matrix
+from clipline.table.buckets import unit_rows
 
 IMAGE = "image_embedding"
-OK_IMAGES = f"status = '{Status.OK}' AND {IMAGE} IS NOT NULL"  # scans only; vector queries skip nulls
-# Runs with at most this many image rows compare all pairs with numpy (50k x 50k x 512 is ~10^12
-# multiply-adds, tens of seconds on one core); larger runs index the staging table and ask each
-# row for its ANN neighbours instead.
-EXACT_PAIRS_MAX_ROWS = 50_000
-QUERY_BLOCK = 2048  # query rows per numpy block / multi-vector ANN query
-CORPUS_BLOCK = 8192
-# ANN neighbours asked per row: the canonical must be among them, so a cluster of more than this
-# many near-identical rows may split in two (each half still a true cluster).
-NEIGHBOURS = 32
+PDQ = "pdq_hash"
+NEIGHBOURS = 64  # earlier near rows kept per row as candidate canonicals
+QUERY_BLOCK = 4096  # rows per side of one similarity block: bounds memory in skewed buckets
 LATEST = datetime.max.replace(tzinfo=UTC)
 
 
 @dataclass
 class DedupCounts:
-    """What dedup did to one run; `exact + near == of_table + of_run` duplicates."""
+    """What dedup did to one run; `exact + pdq + near == of_table + of_run` duplicates."""
 
     checked: int = 0  # ok rows of the run considered
     carried: int = 0  # rows already in the table, same content: annotations kept (reruns)
-    exact: int = 0  # duplicates with the same content hash as an earlier row
+    exact: int = 0  # duplicates with the same content hash as their canonical
+    pdq: int = 0  # duplicates by perceptual hash (not the same bytes)
     near: int = 0  # duplicates by image similarity only
     of_table: int = 0  # duplicates whose canonical is a row already in the table
     of_run: int = 0  # duplicates whose canonical is another row of this run
+    buckets: int = 0  # centroids in use (0: dedup off or no image rows)
     wall_s: float = 0.0
 
     @property
     def duplicates(self) -> int:
-        return self.exact + self.near
+        return self.exact + self.pdq + self.near
 
     def to_dict(self) -> dict:
         return {**asdict(self), "duplicates": self.duplicates}
 
 
-def input_order(source: str | None, row_id: str) -> tuple:
-    """(file, row number, id) from `source` = `file#row`: the order rows were given in."""
-    path, _, row = (source or "").rpartition("#")
-    return (path, int(row) if row.isdigit() else -1, row_id)
+# --------------------------------------------------------------------------- tiers
 
 
-class Seen:
-    """The run's new rows in the order they were seen, and what each one duplicates."""
-
-    def __init__(self, ids: list[str], sources: list[str | None]) -> None:
-        self.ids = ids
-        self.index = {row_id: i for i, row_id in enumerate(ids)}
-        self.order = [input_order(source, row_id) for source, row_id in zip(sources, ids, strict=True)]
-        self.same_as: dict[int, int] = {}  # row -> the earliest run row with the same content hash
-        self.table_canonicals: dict[int, set[str]] = defaultdict(set)  # table rows it may point at
-        self.near: dict[int, set[int]] = defaultdict(set)  # earlier run rows within the threshold
-        self.exact = [False] * len(ids)
-
-    def earlier(self, i: int, j: int) -> bool:
-        return self.order[i] < self.order[j]
-
-    def link_run(self, i: int, j: int) -> None:
-        """Rows i and j of the run are near duplicates: remember the pair on the later one."""
-        if i != j:
-            first, later = (i, j) if self.earlier(i, j) else (j, i)
-            self.near[later].add(first)
+def vectors_of(rows: pa.Table) -> np.ndarray:
+    vectors, _ = embedding_matrix(rows.column(IMAGE))
+    return unit_rows(vectors)
 
 
-def lookup(table: ClipTable, column: str, values: list[str], columns: list[str]) -> Iterator[dict]:
-    """Ok rows of `table` whose `column` is one of `values`."""
-    for rows in table.rows_where_in(column, values, columns, where=f"status = '{Status.OK}'"):
-        yield from rows.to_pylist()
+def pdq_bits(hashes: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 4) uint64 words of 64-hex PDQ hashes, and a mask of rows that have one."""
+    present = np.array([value is not None and len(value) == 64 for value in hashes], dtype=bool)
+    words = np.zeros((len(hashes), 4), dtype=np.uint64)
+    if present.any():
+        raw = np.frombuffer(bytes.fromhex("".join(h for h, p in zip(hashes, present, strict=True) if p)), ">u8")
+        words[present] = raw.reshape(-1, 4)
+    return words, present
 
 
-def as_matrix(vectors: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """Fixed-size-list vectors as a re-normalised float32 matrix (cosine = dot product)."""
-    if isinstance(vectors, pa.ChunkedArray):
-        vectors = vectors.combine_chunks()
-    dim = vectors.type.list_size
-    matrix = vectors.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return matrix / np.maximum(norms, 1e-12)
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise Hamming distances between (n, 4) and (m, 4) uint64 hash words."""
+    return sum(np.bitwise_count(a[:, None, w] ^ b[None, :, w]).astype(np.int32) for w in range(4))
 
 
-def root_of(row: dict) -> str:
-    return row["dup_of"] or row["id"]
+@dataclass(frozen=True)
+class NearConfig:
+    threshold: float
+    pdq_distance: int | None  # None: the perceptual tier is off (or no row has a PDQ hash)
 
 
-def carried_annotations(staged: pa.Table, table: ClipTable) -> dict[str, tuple[str | None, str]]:
-    """Staged rows the table already holds with the same content and annotations: (dup_of, dup_cluster)."""
-    sha_of = dict(zip(staged.column("id").to_pylist(), staged.column("content_sha256").to_pylist(), strict=True))
-    carried = {}
-    for row in lookup(table, "id", list(sha_of), ["id", "content_sha256", "dup_of", "dup_cluster"]):
-        if row["dup_cluster"] is not None and row["content_sha256"] == sha_of[row["id"]]:
-            carried[row["id"]] = (row["dup_of"], row["dup_cluster"])
-    return carried
+KIND_NEAR, KIND_PDQ = 1, 2
 
 
-def exact_tier(seen: Seen, shas: list[str | None], table: ClipTable) -> None:
-    """Identical content hashes: later copies follow the run's first; any table copy gives its canonical."""
-    by_sha = defaultdict(list)
-    for i, sha in enumerate(shas):
-        if sha is not None:
-            by_sha[sha].append(i)
-    for members in by_sha.values():
-        members.sort(key=lambda i: seen.order[i])
-        for i in members[1:]:
-            seen.same_as[i] = members[0]
-            seen.exact[i] = True
-    for row in lookup(table, "content_sha256", list(by_sha), ["id", "content_sha256", "dup_of"]):
-        if row["id"] in seen.index:  # the old copy of a row this run rewrites
-            continue
-        for i in by_sha[row["content_sha256"]]:
-            seen.table_canonicals[i].add(root_of(row))  # same content: same duplicates as that row
-            seen.exact[i] = True
+def pair_blocks(
+    queries: pa.Table, corpus: pa.Table, config: NearConfig
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(query index, corpus index, kind bits) of pairs that are near, block by block."""
+    found = []
+    q_vectors, c_vectors = vectors_of(queries), vectors_of(corpus)
+    use_pdq = config.pdq_distance is not None and PDQ in queries.column_names and PDQ in corpus.column_names
+    if use_pdq:
+        q_bits, q_has = pdq_bits(queries.column(PDQ).to_pylist())
+        c_bits, c_has = pdq_bits(corpus.column(PDQ).to_pylist())
+    for qs in range(0, len(q_vectors), QUERY_BLOCK):
+        for cs in range(0, len(c_vectors), QUERY_BLOCK):
+            kinds = (q_vectors[qs : qs + QUERY_BLOCK] @ c_vectors[cs : cs + QUERY_BLOCK].T >= config.threshold).astype(
+                np.int8
+            ) * KIND_NEAR
+            if use_pdq:
+                close = hamming(q_bits[qs : qs + QUERY_BLOCK], c_bits[cs : cs + QUERY_BLOCK]) <= config.pdq_distance
+                close &= q_has[qs : qs + QUERY_BLOCK, None] & c_has[None, cs : cs + QUERY_BLOCK]
+                kinds |= close.astype(np.int8) * KIND_PDQ
+            q_index, c_index = np.nonzero(kinds)
+            found.append((q_index + qs, c_index + cs, kinds[q_index, c_index]))
+    return found
 
 
-def image_blocks(staging: lancedb.table.Table, seen: Seen) -> Iterator[tuple[list[int], np.ndarray]]:
-    """The run's new image rows as (row indexes, embedding matrix) blocks; exact copies are skipped
-    (they follow their first copy, whose neighbours are theirs)."""
-    scan = staging.search().where(OK_IMAGES).select(["id", IMAGE]).limit(None)
-    for batch in scan.to_batches(QUERY_BLOCK):
-        ids = batch.column("id").to_pylist()
-        keep = [k for k, row_id in enumerate(ids) if row_id in seen.index and seen.index[row_id] not in seen.same_as]
-        if keep:
-            rows = batch.take(pa.array(keep))
-            yield [seen.index[row_id] for row_id in rows.column("id").to_pylist()], as_matrix(rows.column(IMAGE))
+def near_links(
+    members: pa.Table, history: pa.Table, config: NearConfig, buckets: list[int]
+) -> tuple[pa.Table, pa.Table]:
+    """Near pairs inside each of `buckets`: (later run row, earlier run row) and (run row, table
+    canonical) links.
+
+    `members`: the run's ok image rows routed to these buckets (addr, rank, id, image_embedding,
+    dup_bucket, dup_bucket2, maybe pdq_hash); a row sits in the bucket of its nearest centroid
+    and is also looked up from its second-nearest. `history`: the table's canonicals of these
+    buckets (id, image_embedding, dup_bucket, first_seen, maybe pdq_hash).
+    """
+    run_links, table_links = [], []
+    primary = members.column("dup_bucket").to_numpy(zero_copy_only=False)
+    secondary = members.column("dup_bucket2").to_numpy(zero_copy_only=False)
+    history_bucket = history.column("dup_bucket").to_numpy(zero_copy_only=False)
+    ranks = members.column("rank").to_numpy()
+    addrs = members.column("addr").to_numpy()
+    for bucket in buckets:
+        in_bucket = np.flatnonzero(primary == bucket)
+        queries = np.flatnonzero((primary == bucket) | (secondary == bucket))
+        query_rows = members.take(pa.array(queries))
+        for q, c, kind in pair_blocks(query_rows, members.take(pa.array(in_bucket)), config):
+            later, earlier = queries[q], in_bucket[c]
+            keep = ranks[later] > ranks[earlier]
+            run_links.append((addrs[later[keep]], addrs[earlier[keep]], ranks[earlier[keep]], kind[keep]))
+        in_history = np.flatnonzero(history_bucket == bucket)
+        if len(in_history):
+            hist = history.take(pa.array(in_history))
+            for q, c, kind in pair_blocks(query_rows, hist, config):
+                table_links.append((addrs[queries[q]], in_history[c], kind))
+    return _run_link_table(run_links), _table_link_table(table_links, history)
 
 
-def ann_matches(corpus: lancedb.table.Table, vectors: np.ndarray, threshold: float) -> Iterator[tuple[int, dict]]:
-    """(query row, corpus row) pairs with cosine >= threshold, from the corpus's vector index."""
-    # No `status = 'ok'` prefilter: a filtered query may probe every partition (ProbeSettings),
-    # and nearly all rows with a vector are ok; the few failed ones are dropped here instead.
-    query = (
-        corpus.search(vectors, vector_column_name=IMAGE)
-        .distance_type("cosine")
-        .select(["id", "dup_of", "status", "_distance"])
-        .limit(NEIGHBOURS)
+RUN_LINK_SCHEMA = pa.schema(
+    [("later", pa.uint64()), ("earlier", pa.uint64()), ("earlier_rank", pa.int64()), ("kind", pa.int8())]
+)
+SAME_AS_SCHEMA = pa.schema([("later", pa.uint64()), ("first", pa.uint64())])
+
+
+def empty_run_links() -> pa.Table:
+    return RUN_LINK_SCHEMA.empty_table()
+
+
+def _run_link_table(parts: list[tuple]) -> pa.Table:
+    if not parts:
+        return empty_run_links()
+    stacked = [np.concatenate([part[i] for part in parts]) for i in range(4)]
+    return cap_links(pa.table(dict(zip(RUN_LINK_SCHEMA.names, stacked, strict=True))).cast(RUN_LINK_SCHEMA))
+
+
+def cap_links(links: pa.Table) -> pa.Table:
+    """At most NEIGHBOURS earliest earlier rows per row, each pair once (kinds OR-ed)."""
+    if links.num_rows == 0:
+        return links
+    grouped = links.group_by(["later", "earlier", "earlier_rank"]).aggregate([("kind", "max")])
+    grouped = grouped.rename_columns(["later", "earlier", "earlier_rank", "kind"]).sort_by(
+        [("later", "ascending"), ("earlier_rank", "ascending")]
     )
-    results = probe_settings(corpus, IMAGE).apply(query).to_arrow()
-    near = pc.less_equal(results.column("_distance"), 1.0 - threshold)
-    close = results.filter(pc.and_(near, pc.equal(results.column("status"), Status.OK)))
-    for row in close.to_pylist():
-        yield row.get("query_index", 0), row  # a one-vector query has no query_index column
+    later = grouped.column("later").to_numpy()
+    starts = np.r_[0, np.flatnonzero(np.diff(later)) + 1]
+    position = np.arange(len(later)) - np.repeat(starts, np.diff(np.r_[starts, len(later)]))
+    return grouped.filter(pa.array(position < NEIGHBOURS))
 
 
-def exact_matches(corpus: lancedb.table.Table, vectors: np.ndarray, threshold: float) -> Iterator[tuple[int, dict]]:
-    """The same pairs by brute force over every image row of the corpus, block by block."""
-    scan = corpus.search().where(OK_IMAGES).select(["id", "dup_of", IMAGE]).limit(None)
-    for batch in scan.to_batches(CORPUS_BLOCK):
-        sims = vectors @ as_matrix(batch.column(IMAGE)).T
-        ids, dup_of = batch.column("id").to_pylist(), batch.column("dup_of").to_pylist()
-        for q, c in zip(*np.nonzero(sims >= threshold), strict=True):
-            yield int(q), {"id": ids[c], "dup_of": dup_of[c]}
-
-
-def near_tier(seen: Seen, staging: lancedb.table.Table, table: ClipTable, threshold: float) -> None:
-    """Image cosine >= threshold: table canonicals (ANN when indexed) and earlier rows of the run."""
-    history = ann_matches if vector_index(table.lance, IMAGE) is not None else exact_matches
-    if staging.count_rows(OK_IMAGES) > EXACT_PAIRS_MAX_ROWS:
-        ensure_vector_index(staging, IMAGE)  # scratch table: indexing it commits nothing to the table
-        within = ann_matches
-    else:
-        within = exact_matches
-    for rows, vectors in image_blocks(staging, seen):
-        for q, match in history(table.lance, vectors, threshold):
-            # only canonicals: a table duplicate's own canonical qualifies by its own similarity
-            if match["dup_of"] is None and match["id"] not in seen.index:
-                seen.table_canonicals[rows[q]].add(match["id"])
-        for q, match in within(staging, vectors, threshold):
-            j = seen.index.get(match["id"])
-            if j is not None:
-                seen.link_run(rows[q], j)
-
-
-def first_seen(table: ClipTable, root_ids: set[str]) -> dict[str, tuple]:
-    """(processed_at, id) of table canonicals, the tie-break between table clusters."""
-    seen = {root: (LATEST, root) for root in root_ids}
-    for row in lookup(table, "id", sorted(root_ids), ["id", "processed_at"]):
-        seen[row["id"]] = (row["processed_at"] or LATEST, row["id"])
-    return seen
-
-
-def canonicals(seen: Seen, table: ClipTable) -> list[tuple[str, bool]]:
-    """Per new row, in the order seen: (canonical id, canonical is a table row)."""
-    contested = set().union(*(roots for roots in seen.table_canonicals.values() if len(roots) > 1))
-    first = first_seen(table, contested) if contested else {}
-    result: list[tuple[str, bool]] = [("", False)] * len(seen.ids)
-    canonical_of: dict[int, int] = {}  # run rows decided so far -> index of their canonical (run rows)
-    for i in sorted(range(len(seen.ids)), key=lambda i: seen.order[i]):
-        if i in seen.same_as:
-            j = seen.same_as[i]
-            result[i] = result[j]
-            canonical_of[i] = canonical_of.get(j, -1)
-        elif seen.table_canonicals[i]:
-            result[i] = (min(seen.table_canonicals[i], key=lambda r: first.get(r, (LATEST, r))), True)
-            canonical_of[i] = -1
-        else:
-            leaders = [j for j in seen.near[i] if canonical_of.get(j) == j]
-            j = min(leaders, key=lambda j: seen.order[j]) if leaders else i
-            result[i] = (seen.ids[j], False)
-            canonical_of[i] = j
-    return result
-
-
-def annotate_duplicates(staging: Staging, table: ClipTable, config: DedupConfig) -> DedupCounts:
-    """Set `dup_of`/`dup_cluster` on every staged row, in place (one merge into staging)."""
-    started = time.perf_counter()
-    counts = DedupCounts()
-    if not config.enabled or staging.table is None:
-        return counts
-    staged = staging.table.search().select(["id", "content_sha256", "source", "status"]).limit(None).to_arrow()
-    ok = staged.filter(pc.equal(staged.column("status"), Status.OK))
-    counts.checked = ok.num_rows
-    carried = carried_annotations(ok, table)
-    counts.carried = len(carried)
-    new = ok.filter(pc.invert(pc.is_in(ok.column("id"), pa.array(list(carried), pa.string()))))
-    seen = Seen(new.column("id").to_pylist(), new.column("source").to_pylist())
-    exact_tier(seen, new.column("content_sha256").to_pylist(), table)
-    near_tier(seen, staging.table, table, config.near_threshold)
-
-    annotation = dict.fromkeys(staged.column("id").to_pylist(), (None, None))
-    annotation.update(carried)
-    for i, (canonical, in_table) in enumerate(canonicals(seen, table)):
-        row_id = seen.ids[i]
-        if canonical == row_id:
-            annotation[row_id] = (None, row_id)
-            continue
-        annotation[row_id] = (canonical, canonical)
-        counts.exact += seen.exact[i]
-        counts.near += not seen.exact[i]
-        counts.of_table += in_table
-        counts.of_run += not in_table
-    updates = pa.table(
+def _table_link_table(parts: list[tuple], history: pa.Table) -> pa.Table:
+    """(run row addr, table canonical id, its first-seen key, kind), one best canonical per row."""
+    if not parts:
+        return TABLE_LINK_SCHEMA.empty_table()
+    rows = np.concatenate([part[0] for part in parts])
+    hist = np.concatenate([part[1] for part in parts])
+    kind = np.concatenate([part[2] for part in parts])
+    links = pa.table(
         {
-            "id": pa.array(list(annotation), pa.string()),
-            "dup_of": pa.array([value[0] for value in annotation.values()], pa.string()),
-            "dup_cluster": pa.array([value[1] for value in annotation.values()], pa.string()),
+            "addr": pa.array(rows, pa.uint64()),
+            "canonical": history.column("id").take(pa.array(hist)),
+            "first_seen": history.column("first_seen").take(pa.array(hist)),
+            "kind": pa.array(kind, pa.int8()),
         }
     )
-    staging.update(updates)
-    counts.wall_s = round(time.perf_counter() - started, 3)
-    return counts
+    return best_table_links(links)
+
+
+TABLE_LINK_SCHEMA = pa.schema(
+    [
+        ("addr", pa.uint64()),
+        ("canonical", pa.string()),
+        ("first_seen", pa.timestamp("us", tz="UTC")),
+        ("kind", pa.int8()),
+    ]
+)
+
+
+def best_table_links(links: pa.Table) -> pa.Table:
+    """For each run row, the table canonical seen first ((first_seen, id) smallest).
+
+    The link's kind says how the row duplicates the table: exact (0) when any of its links is
+    by content hash, which is how the tiers rank ("exact" before "perceptual" before "near").
+    """
+    if links.num_rows == 0:
+        return TABLE_LINK_SCHEMA.empty_table()
+    filled = links.set_column(2, "first_seen", pc.fill_null(links.column("first_seen"), LATEST))
+    ordered = filled.sort_by([("addr", "ascending"), ("first_seen", "ascending"), ("canonical", "ascending")])
+    addrs = ordered.column("addr").to_numpy()
+    first = np.r_[True, addrs[1:] != addrs[:-1]]
+    exact = pc.equal(ordered.column("kind"), 0).to_numpy(zero_copy_only=False)
+    group = np.cumsum(first) - 1
+    any_exact = np.zeros(int(first.sum()), dtype=bool)
+    np.logical_or.at(any_exact, group, exact)
+    best = ordered.filter(pa.array(first))
+    kinds = np.where(any_exact, 0, best.column("kind").to_numpy(zero_copy_only=False)).astype(np.int8)
+    return best.set_column(3, "kind", pa.array(kinds, pa.int8())).cast(TABLE_LINK_SCHEMA)
+
+
+def exact_links(rows: pa.Table, table_rows: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """Same content hash: later run rows follow the run's first copy; any table copy gives its root.
+
+    `rows`: the run's ok rows of one hash partition (addr, rank, content_sha256). `table_rows`:
+    the table's ok rows with those hashes (content_sha256, root, first_seen), already without the
+    rows this run rewrites. Returns (same_as: later addr → first addr, table links).
+    """
+    ordered = rows.sort_by([("content_sha256", "ascending"), ("rank", "ascending")])
+    shas = ordered.column("content_sha256").to_pylist()
+    addrs = ordered.column("addr").to_numpy()
+    first_of = {}
+    later, first = [], []
+    for index, sha in enumerate(shas):
+        if sha in first_of:
+            later.append(addrs[index])
+            first.append(first_of[sha])
+        else:
+            first_of[sha] = addrs[index]
+    same_as = pa.table(
+        {"later": pa.array(later, pa.uint64()), "first": pa.array(first, pa.uint64())}, schema=SAME_AS_SCHEMA
+    )
+    roots = defaultdict(list)
+    for sha, root, seen in zip(
+        table_rows.column("content_sha256").to_pylist(),
+        table_rows.column("root").to_pylist(),
+        table_rows.column("first_seen").to_pylist(),
+        strict=True,
+    ):
+        roots[sha].append((seen or LATEST, root))
+    links = []
+    for sha, addr in zip(rows.column("content_sha256").to_pylist(), rows.column("addr").to_pylist(), strict=True):
+        if sha in roots:
+            seen, root = min(roots[sha])
+            links.append({"addr": addr, "canonical": root, "first_seen": seen, "kind": 0})
+    return same_as, pa.Table.from_pylist(links, schema=TABLE_LINK_SCHEMA)
+
+
+# --------------------------------------------------------------------------- the leader pass
+
+
+# Buckets assigned during the tail (rows staged before their table had centroids).
+BUCKET_PATCH_SCHEMA = pa.schema([("addr", pa.uint64()), ("dup_bucket", pa.int32())])
+ANNOTATION_SCHEMA = pa.schema(
+    [("addr", pa.uint64()), ("dup_of", pa.string()), ("dup_cluster", pa.string()), ("kind", pa.string())]
+)
+
+
+def leader_pass(
+    nodes: pa.Table, same_as: pa.Table, run_links: pa.Table, table_links: pa.Table
+) -> tuple[pa.Table, DedupCounts]:
+    """Canonicals for every run row that has a link, in input order (see the module docstring).
+
+    `nodes`: (addr, rank, id) of every linked run row, ids final. Returns the annotations of the
+    duplicates (canonicals keep the default: no `dup_of`, `dup_cluster` = own id) and the counts.
+    """
+    counts = DedupCounts()
+    order = np.argsort(nodes.column("rank").to_numpy(), kind="stable")
+    addrs = nodes.column("addr").to_numpy()[order]
+    ids = nodes.column("id").take(pa.array(order)).to_pylist()
+    position = {int(addr): index for index, addr in enumerate(addrs)}
+    follows = {
+        int(a): int(b)
+        for a, b in zip(same_as.column("later").to_pylist(), same_as.column("first").to_pylist(), strict=True)
+    }
+    table_best = {
+        int(addr): (canonical, kind)
+        for addr, canonical, kind in zip(
+            table_links.column("addr").to_pylist(),
+            table_links.column("canonical").to_pylist(),
+            table_links.column("kind").to_pylist(),
+            strict=True,
+        )
+    }
+    earlier: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for later, first, kind in zip(
+        run_links.column("later").to_pylist(),
+        run_links.column("earlier").to_pylist(),
+        run_links.column("kind").to_pylist(),
+        strict=True,
+    ):
+        earlier[int(later)].append((position[int(first)], kind))
+    leader_of = np.full(len(addrs), -1)  # position of each decided row's run canonical (-1: a table row)
+    canonical_id: list[str | None] = [None] * len(addrs)
+    records = []
+    for index, addr in enumerate(addrs.tolist()):
+        kind = None
+        if addr in follows:
+            first = position[follows[addr]]
+            canonical_id[index], leader_of[index], kind = canonical_id[first], leader_of[first], "exact"
+            in_table = leader_of[first] == -1
+        elif addr in table_best:
+            canonical_id[index], link_kind = table_best[addr]
+            kind, in_table = _kind_name(link_kind), True
+        else:
+            leaders = [(j, k) for j, k in earlier.get(addr, []) if leader_of[j] == j]
+            if leaders:
+                j, link_kind = min(leaders)
+                canonical_id[index], leader_of[index], kind, in_table = ids[j], j, _kind_name(link_kind), False
+            else:
+                canonical_id[index], leader_of[index] = ids[index], index
+        if kind is None:
+            continue
+        records.append({"addr": addr, "dup_of": canonical_id[index], "dup_cluster": canonical_id[index], "kind": kind})
+        setattr(counts, kind, getattr(counts, kind) + 1)
+        counts.of_table += bool(in_table)
+        counts.of_run += not in_table
+    return pa.Table.from_pylist(records, schema=ANNOTATION_SCHEMA), counts
+
+
+def _kind_name(kind: int) -> str:
+    if kind == 0:
+        return "exact"
+    return "pdq" if kind & KIND_PDQ else "near"

@@ -18,6 +18,7 @@ from clipline.operators.base import Stage
 from clipline.operators.encode import torch_threads_for
 from clipline.pipelines.encode_classify import EncodeClassifyActor
 from clipline.pipelines.read_decode import ReadAndDecode
+from clipline.pipelines.sink import StagingSink
 from clipline.pipelines.stages import EncoderPlan
 from clipline.schemas.base import ConfigError
 from clipline.schemas.config import ResourcesConfig
@@ -79,10 +80,21 @@ def encoder_threads(encoder_cpus: float, gpus: float, cpus_total: float, actors:
     return max(reserved, int(cpus_total // actors))
 
 
+# A writer task mostly waits on storage: a fraction of a CPU, so it never holds back the decode
+# tasks that feed the encoders.
+SINK_CPUS = 0.25
+
+
 def build_dataset(
-    tasks: pa.Table, stages: Sequence[Stage], encoders: EncoderPlan, rows_per_block: int
+    tasks: pa.Table,
+    stages: Sequence[Stage],
+    encoders: EncoderPlan,
+    rows_per_block: int,
+    sink: StagingSink,
+    rows_per_fragment: int,
 ) -> ray.data.Dataset:
-    """The lazy plan over read tasks (one row per parquet row group): task stages, then the actor pool."""
+    """The lazy plan over read tasks (one row per parquet row group): task stages, the actor pool,
+    then writer tasks that stage the rows as Lance fragments and yield only metadata."""
     read, *rest = stages
     cpu_stages = [stage for stage in rest if not stage.resources.stateful]
     model_stages = [stage for stage in rest if stage.resources.stateful]
@@ -111,5 +123,13 @@ def build_dataset(
             # turns on one CPU instead of overlapping on two.
             memory=(model.memory_gb or 0) * 1024**3,
             udf_modifying_row_count=False,
+        )
+        # Writers spread over the nodes: each writes the rows it is given, so writing scales out too.
+        .map_batches(
+            sink,
+            batch_size=rows_per_fragment,
+            batch_format="pyarrow",
+            num_cpus=SINK_CPUS,
+            scheduling_strategy="SPREAD",
         )
     )

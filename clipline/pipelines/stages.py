@@ -1,4 +1,4 @@
-"""The run's stages, listed once: read → decode → encode → classify.
+"""The run's stages, listed once: read → decode → encode → classify → dedup buckets.
 
 The Ray plan (`plan.py`), the in-process test tables (`tests/tables.py`) and the throughput
 benchmark all take their stages from `run_stages`, so a test table or a benchmark is built by
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from clipline.models.loader import image_size_for
 from clipline.models.prompt_cache import PromptCache
 from clipline.operators.base import Resources, Stage
+from clipline.operators.buckets import AssignBuckets
 from clipline.operators.classify import ClassifyPolicy
 from clipline.operators.decode import DecodeImages
 from clipline.operators.encode import EncodeClip, torch_threads_for
@@ -37,8 +38,17 @@ class EncoderPlan:
         return cls(actors=1, cpus=resources.encoder_cpus, gpus=resources.encoder_gpus or 0.0, threads=threads)
 
 
-def run_stages(config: JobConfig, policy: Policy | None, encoders: EncoderPlan | None = None) -> list[Stage]:
-    """The stages of a run in order; stateless ones run as Ray tasks, the model stages in one actor pool."""
+def run_stages(
+    config: JobConfig,
+    policy: Policy | None,
+    encoders: EncoderPlan | None = None,
+    centroids_uri: str | None = None,
+) -> list[Stage]:
+    """The stages of a run in order; stateless ones run as Ray tasks, the model stages in one actor pool.
+
+    `centroids_uri`: the table's dedup centroids, when it has some; rows then get their buckets
+    in the encoder actor (one matmul per batch) instead of in the tail.
+    """
     source, resources = config.source, config.resources
     encoders = encoders or EncoderPlan.without_cluster(resources)
     decode_resources = Resources(cpus=resources.decode_cpus)
@@ -63,4 +73,6 @@ def run_stages(config: JobConfig, policy: Policy | None, encoders: EncoderPlan |
     if policy is not None:
         cache = PromptCache(Sidecars(config.sink.uri).prompt_banks, config.storage)
         stages.append(ClassifyPolicy(policy, cache=cache, resources=model_resources))
+    if centroids_uri is not None:
+        stages.append(AssignBuckets(centroids_uri, config.storage, resources=model_resources))
     return stages

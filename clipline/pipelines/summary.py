@@ -41,6 +41,8 @@ class RunSummary:
     table: str
     rows_in: int = 0
     rows_written: int = 0
+    rows_replaced: int = 0  # rows that replaced a stored row with their id (reruns, retries, updates)
+    ids_updated: int = 0  # of those, given ids taken over from another source (sink.update_existing_ids)
     ok: int = 0
     failed: int = 0
     failed_by_code: dict[str, int] = field(default_factory=dict)
@@ -58,6 +60,7 @@ class RunSummary:
     dedup: dict = field(default_factory=dict)
     maintenance: dict = field(default_factory=dict)
     stages: list[dict] = field(default_factory=list)  # per Ray Data operator: wall time, rows, rows/s
+    tail: dict = field(default_factory=dict)  # the tail's phases (seconds) and what the driver received
     manifest_uri: str | None = None
     report_uri: str | None = None
 
@@ -124,6 +127,21 @@ class Tally:
                 strict=True,
             )
         )
+
+    def to_dict(self) -> dict:
+        """JSON-ready counts: what a finalize task sends the driver instead of its rows."""
+        return {
+            "counters": {name: dict(counter) for name, counter in self.counters.items()},
+            "labels": dict(self.labels),
+            "flagged": [[category, action, count] for (category, action), count in self.flagged.items()],
+        }
+
+    def merge(self, data: dict) -> None:
+        """Add another tally's `to_dict()`."""
+        for name, counts in data["counters"].items():
+            self.counters[name].update(counts)
+        self.labels.update(data["labels"])
+        self.flagged.update({(category, action): count for category, action, count in data["flagged"]})
 
     def fill(self, summary: RunSummary) -> None:
         summary.ok = self.counters["status"][Status.OK]

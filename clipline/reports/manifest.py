@@ -33,6 +33,7 @@ from clipline.pipelines.summary import RunSummary
 from clipline.schemas.config import JobConfig
 from clipline.schemas.policy import Policy
 from clipline.schemas.storage import StorageConfig
+from clipline.table.maintain import listing_time
 from clipline.table.store import Sidecars, sql_literal
 
 MANIFEST_VERSION = 1
@@ -222,6 +223,8 @@ def build_manifest(
         "rows": {
             "in": summary.rows_in,
             "written": summary.rows_written,
+            "replaced": summary.rows_replaced,
+            "ids_updated": summary.ids_updated,
             "ok": summary.ok,
             "failed": summary.failed,
             "table_rows": summary.table_rows,
@@ -231,21 +234,17 @@ def build_manifest(
         "flagged": summary.flagged,
         "labels": dict(sorted(summary.labels.items())),
         "dedup": run_rows["dedup"],
+        "dedup_tiers": summary.dedup,
         "table_version": {"before": summary.table_version_before, "after": summary.table_version_after},
         "timing": {
             "wall_s": round(summary.wall_s, 3),
             "rows_per_s": round(summary.rows_per_s, 2),
             "stages": summary.stages,
+            "tail": summary.tail,
         },
         "scores": run_rows["scores"],
     }
     return redacted(manifest)
-
-
-def _listing_time(info: dict) -> float:
-    """When an object was written, from an fsspec listing (local mtime or S3 LastModified)."""
-    value = info.get("mtime") or info.get("LastModified") or info.get("created") or 0
-    return value.timestamp() if isinstance(value, datetime) else float(value)
 
 
 class ManifestStore:
@@ -282,7 +281,7 @@ class ManifestStore:
         except FileNotFoundError:
             return []
         manifests = [entry for entry in entries if entry["name"].endswith(".json")]
-        manifests.sort(key=lambda entry: (_listing_time(entry), entry["name"]))
+        manifests.sort(key=lambda entry: (listing_time(entry), entry["name"]))
         return [entry["name"].rsplit("/", 1)[-1].removesuffix(".json") for entry in manifests]
 
     def previous(self, run_id: str) -> dict | None:

@@ -109,19 +109,32 @@ class SinkConfig(StrictModel):
 
     uri: str
     table: str = "media"
-    commit_rows: int = Field(default=20_000, gt=0, description="Rows per append to the run's staging table")
+    commit_rows: int = Field(
+        default=20_000, gt=0, description="Rows per fragment the workers write (staging, then the table)"
+    )
     maintain_after_run: bool = Field(default=False, description="Refresh indexes and compact after the commit")
     claim_ttl_hours: float = Field(
         default=6.0, gt=0, description="After this long, a crashed run's claim on an input file is taken over"
     )
+    update_existing_ids: bool = Field(
+        default=False,
+        description="A given id already in the table from another source replaces that row (else: duplicate_id)",
+    )
 
 
 class DedupConfig(StrictModel):
-    """Tiered dedup: exact by content hash, near by image-embedding cosine (within the run and vs the table)."""
+    """Tiered dedup: exact by content hash, perceptual by PDQ hash, near by image-embedding cosine
+    (within the run and against the table)."""
 
     enabled: bool = True
     near_threshold: float = Field(
         default=0.95, gt=0.0, le=1.0, description="Cosine at or above which images are near duplicates"
+    )
+    pdq_distance: int = Field(
+        default=16,
+        ge=0,
+        le=64,
+        description="PDQ Hamming distance at or below which images are duplicates (re-encoded copies)",
     )
 
 

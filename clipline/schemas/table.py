@@ -64,6 +64,11 @@ REASON_TYPE = pa.struct(
 )
 
 
+# The nearest dedup centroid of a row's image embedding (null without one, or with dedup off): rows
+# of one bucket are read together, by a scalar index, when a later run dedups against the table.
+BUCKET_COLUMNS = {"dup_bucket": pa.int32()}
+
+
 def embedding_type(dim: int) -> pa.DataType:
     """Fixed-size float32 vectors: the layout LanceDB indexes for vector search."""
     return pa.list_(pa.float32(), dim)
@@ -92,6 +97,7 @@ def output_schema(embedding_dim: int, model: ModelConfig) -> pa.Schema:
         pa.field("override_note", pa.string()),
         pa.field("dup_of", pa.string()),
         pa.field("dup_cluster", pa.string()),
+        pa.field("dup_bucket", BUCKET_COLUMNS["dup_bucket"]),
         pa.field("status", pa.string(), nullable=False),
         pa.field("error_code", pa.string()),
         pa.field("error_message", pa.string()),

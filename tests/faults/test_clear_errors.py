@@ -13,10 +13,11 @@ import pytest
 import yaml
 
 from clipline.operators.read import plan_input_files
-from clipline.pipelines.sink import LanceSink
 from clipline.schemas.base import ConfigError
 from clipline.schemas.config import ColumnsConfig, ModelConfig
 from clipline.schemas.storage import StorageConfig
+from clipline.schemas.table import output_schema
+from clipline.table.store import ClipTable
 from tests.conftest import FAKE_AWS
 
 POLICY = "clipline/demo/tiny/demo_policy.yaml"
@@ -74,8 +75,7 @@ def test_policy_with_unknown_fields_is_refused_naming_them(tmp_path):
 
 
 def test_other_model_into_existing_table_is_refused_before_any_work(tmp_path):
-    sink = LanceSink(str(tmp_path / "db"), "media", 128, ModelConfig(), "r1")
-    sink.setup()
+    ClipTable.open_or_create(str(tmp_path / "db"), "media", output_schema(128, ModelConfig()))
     job = tmp_path / "job.yaml"
     (tmp_path / "in").mkdir()
     pq.write_table(pa.table({"text": ["a red star"]}), tmp_path / "in" / "t.parquet")

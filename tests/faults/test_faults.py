@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import boto3
 import lancedb
@@ -66,7 +67,41 @@ def test_killed_encoder_actor_loses_and_duplicates_nothing(ray_local, tmp_path):
     assert summary.rows_in == 400 and len(ids) == len(set(ids)) == 400
 
 
-def test_driver_killed_before_commit_leaves_the_table_unchanged(ray_local, tmp_path):
+def kill_a_writer_mid_write(killed: list[int], deadline_s: float = 240) -> None:
+    """SIGKILL a worker process while it runs a staging write (Ray titles it after the task)."""
+    deadline = time.time() + deadline_s
+    while time.time() < deadline and not killed:
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if title.startswith(b"ray::") and b"StagingSink" in title and b"IDLE" not in title:
+                os.kill(int(pid), signal.SIGKILL)
+                killed.append(int(pid))
+                return
+        time.sleep(0.005)
+
+
+def test_killed_writer_task_loses_and_duplicates_nothing(ray_local, tmp_path):
+    (tmp_path / "in").mkdir()
+    for part in range(3):
+        write_parquet(image_rows(f"w{part}", 80, seed=part), tmp_path / "in" / f"w{part}.parquet")
+    killed: list[int] = []
+    killer = threading.Thread(target=kill_a_writer_mid_write, args=(killed,))
+    killer.start()
+    summary = run_job(local_job(tmp_path, commit_rows=8))  # 30 writer tasks
+    killer.join()
+    assert killed, "no writer task was caught running"
+    rows = table_rows(str(tmp_path / "db"))
+    ids, sources = [row["id"] for row in rows], [row["source"] for row in rows]
+    assert summary.rows_in == summary.rows_written == 240
+    assert len(ids) == len(set(ids)) == 240 and len(set(sources)) == 240
+
+
+def test_driver_killed_after_fragments_are_written_leaves_the_table_unchanged(ray_local, tmp_path):
     (tmp_path / "in").mkdir()
     write_parquet(image_rows("k", 300, seed=7), tmp_path / "in" / "k.parquet", row_group_size=16)
     job = tmp_path / "job.yaml"

@@ -27,12 +27,14 @@ SCRIPT = REPO / "infra" / "local" / "ray-cluster.sh"
 # Runs with the cluster's token in its environment: the state API is authenticated too.
 STATE_QUERY = """
 import json, os, sys
-from ray.util.state import list_actors, list_jobs
+from ray.util.state import list_actors, list_jobs, list_tasks
 address = os.environ["RAY_ADDRESS"]
 job = next(j for j in list_jobs(address=address) if j.submission_id == sys.argv[1])
 actors = list_actors(address=address, filters=[("job_id", "=", job.job_id)])
 nodes = [a.node_id for a in actors if "EncodeClassifyActor" in a.class_name]
-print(json.dumps({"status": str(job.status).rsplit(".", 1)[-1], "encoder_nodes": nodes}))
+tasks = list_tasks(address=address, filters=[("job_id", "=", job.job_id)], limit=10000)
+writers = [t.node_id for t in tasks if "StagingSink" in t.name and t.state == "FINISHED"]
+print(json.dumps({"status": str(job.status).rsplit(".", 1)[-1], "encoder_nodes": nodes, "writer_nodes": writers}))
 """
 
 
@@ -70,13 +72,18 @@ def cluster():
         subprocess.run(["bash", str(SCRIPT), "stop", str(directory)], env=env, timeout=120)
 
 
-def test_job_submit_runs_on_both_nodes(cluster, tmp_path):
+def test_job_submit_runs_and_writes_on_both_nodes_and_commits_once(cluster, tmp_path):
     input_path = write_demo_input(tmp_path)
     rows_in = pq.read_metadata(input_path).num_rows
     job_file = tmp_path / "job.yaml"
     job_file.write_text(
         yaml.safe_dump(
-            {"source": {"paths": [str(input_path)]}, "policy": str(DEMO_POLICY), "sink": {"uri": str(tmp_path / "db")}}
+            {
+                "source": {"paths": [str(input_path)]},
+                "policy": str(DEMO_POLICY),
+                # small fragments: many writer tasks, so the writing is seen spread over both nodes
+                "sink": {"uri": str(tmp_path / "db"), "commit_rows": 16},
+            }
         )
     )
     submission = f"clipline-test-{uuid.uuid4().hex[:8]}"
@@ -99,9 +106,10 @@ def test_job_submit_runs_on_both_nodes(cluster, tmp_path):
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert f"Job '{submission}' succeeded" in result.stdout + result.stderr
 
-    table = lancedb.connect(str(tmp_path / "db")).open_table("media").to_arrow()
-    ids = table.column("id").to_pylist()
+    table = lancedb.connect(str(tmp_path / "db")).open_table("media")
+    ids = table.to_arrow().column("id").to_pylist()
     assert len(ids) == len(set(ids)) == rows_in
+    assert table.version == 2  # created empty, then the run's one commit
 
     state = json.loads(
         subprocess.run(
@@ -117,3 +125,4 @@ def test_job_submit_runs_on_both_nodes(cluster, tmp_path):
     )
     assert state["status"] == "SUCCEEDED"
     assert len(set(state["encoder_nodes"])) == 2
+    assert len(set(state["writer_nodes"])) == 2 and len(state["writer_nodes"]) >= 18  # 285 rows, 16 per fragment

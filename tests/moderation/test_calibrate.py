@@ -24,6 +24,9 @@ from clipline.moderation.labels import LabelError, held_out_mask, read_labels
 from clipline.schemas.policy import load_policy
 from tests.tables import DEMO_POLICY_PATH, demo_policy, ingest
 
+# The tables these tests read are committed by the run's tail, which runs as Ray tasks.
+pytestmark = pytest.mark.usefixtures("ray_local")
+
 TARGET_PRECISION = 0.95
 TARGET_RECALL = 0.9
 

@@ -26,6 +26,9 @@ from clipline.table.store import ClipTable
 from tests.moderation.test_calibrate import labelled_rows, write_labels
 from tests.tables import DEMO_POLICY_PATH, bundle, ingest
 
+# The tables these tests read are committed by the run's tail, which runs as Ray tasks.
+pytestmark = pytest.mark.usefixtures("ray_local")
+
 
 def test_fit_reaches_the_regularised_optimum():
     rng = np.random.default_rng(0)

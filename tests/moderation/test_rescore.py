@@ -18,6 +18,9 @@ from clipline.table.store import ClipTable, Sidecars
 from tests.moderation.test_calibrate import labelled_rows
 from tests.tables import DEMO_POLICY_PATH, demo_policy, ingest
 
+# The tables these tests read are committed by the run's tail, which runs as Ray tasks.
+pytestmark = pytest.mark.usefixtures("ray_local")
+
 COLUMNS = ["id", "scores", "decision", "image_embedding", "text_embedding", "run_id", "source", "policy_version"]
 
 

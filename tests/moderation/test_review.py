@@ -19,6 +19,9 @@ from tests.moderation.test_calibrate import labelled_rows
 from tests.pipelines.inputs import png_bytes, write_parquet
 from tests.tables import demo_policy, ingest
 
+# The tables these tests read are committed by the run's tail, which runs as Ray tasks.
+pytestmark = pytest.mark.usefixtures("ray_local")
+
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):

@@ -1,14 +1,15 @@
 """Tiered dedup: exact by content hash, near by image cosine, within a run and against the table.
 
-The first tests drive `annotate_duplicates` with hand-made vectors through the real sink (stage →
-annotate → commit, the order the run pipeline uses), so every rule is checked exactly; the last
-ones run generated images through the tiny CLIP and measure precision and recall.
+The first tests commit hand-made vectors through the run's own sink and tail (stage → identity
+and dedup on Ray → one commit), so every rule is checked exactly; the last ones run generated
+images through the tiny CLIP and measure precision and recall.
 """
 
 from __future__ import annotations
 
 import io
 import itertools
+import zlib
 from types import SimpleNamespace
 
 import lancedb
@@ -18,11 +19,12 @@ import pytest
 from PIL import Image
 
 from clipline.demo.shapes import COLOURS, SHAPES, render
-from clipline.pipelines import dedup
-from clipline.pipelines.dedup import annotate_duplicates
-from clipline.pipelines.sink import LanceSink
-from clipline.schemas.config import DedupConfig, ModelConfig
-from clipline.table import maintain
+from clipline.schemas.config import DedupConfig
+from clipline.table import buckets
+from tests.tables import commit_rows, job_config
+
+# The tables these tests read are committed by the run's tail, which runs as Ray tasks.
+pytestmark = pytest.mark.usefixtures("ray_local")
 
 DIM = 16
 
@@ -42,7 +44,7 @@ def row(row_id: str, vector=None, sha: str | None = None, source: str | None = N
     return {
         "id": row_id,
         "content_sha256": sha or f"sha-{row_id}",
-        "source": source or f"in.parquet#{row_id}",
+        "source": source or f"in.parquet#{zlib.crc32(row_id.encode())}",  # a row number per id
         "status": "ok",
         "image_embedding": None if vector is None else [float(x) for x in vector],
         **extra,
@@ -69,14 +71,13 @@ def rows_table(rows: list[dict], dim: int = DIM) -> pa.Table:
 DEFAULT = DedupConfig()
 
 
-def write_run(uri: str, rows: list[dict], config: DedupConfig | None = DEFAULT, run_id: str = "run", dim: int = DIM):
-    """Stage → annotate → commit, as the run pipeline does; returns (counts, table)."""
-    sink = LanceSink(uri, "media", dim, ModelConfig(), run_id)
-    sink.setup()
-    sink.stage(rows_table(rows, dim))
-    counts = annotate_duplicates(sink.staging, sink.table, config) if config else None
-    sink.commit()
-    return counts, lancedb.connect(uri).open_table("media")
+def write_run(uri: str, rows: list[dict], config: DedupConfig = DEFAULT, run_id: str = "run", dim: int = DIM):
+    """Stage → identity and dedup → one commit, as a run does; returns (counts, table)."""
+    from tests.tables import TINY
+
+    job = job_config(uri, "media", run_id, TINY, config, update_existing_ids=False)
+    summary = commit_rows(uri, rows_table(rows, dim), job, embedding_dim=dim)
+    return SimpleNamespace(**summary.dedup), lancedb.connect(uri).open_table("media")
 
 
 def annotations(table) -> dict[str, tuple]:
@@ -164,8 +165,8 @@ def test_second_run_points_at_first_run_rows_and_reruns_are_stable(tmp_path):
 def test_a_row_whose_content_changed_is_annotated_afresh(tmp_path):
     uri = str(tmp_path)
     a = unit(8)
-    write_run(uri, [row("a", a), row("b", unit(9), source="in.parquet#zz")])
-    _, table = write_run(uri, [row("b", nudge(a, 0.05, 1), sha="sha-b-new", source="in.parquet#zz")], run_id="r2")
+    write_run(uri, [row("a", a, source="in.parquet#0"), row("b", unit(9), source="in.parquet#1")])
+    _, table = write_run(uri, [row("b", nudge(a, 0.05, 1), sha="sha-b-new", source="in.parquet#1")], run_id="r2")
     assert annotations(table)["b"] == ("a", "a")
 
 
@@ -173,7 +174,7 @@ def test_table_without_annotations_gets_them_on_rerun(tmp_path):
     uri = str(tmp_path)
     a = unit(10)
     rows = [row("a", a, source="f.parquet#0"), row("b", nudge(a, 0.05, 1), source="f.parquet#1")]
-    write_run(uri, rows, config=None)  # written before dedup existed
+    write_run(uri, rows, config=DedupConfig(enabled=False))  # written before dedup existed
     counts, table = write_run(uri, rows, run_id="r2")
     assert annotations(table) == {"a": (None, "a"), "b": ("a", "a")}
     assert counts.carried == 0
@@ -181,13 +182,14 @@ def test_table_without_annotations_gets_them_on_rerun(tmp_path):
 
 def test_disabled_dedup_changes_nothing(tmp_path):
     a = unit(11)
-    counts, table = write_run(str(tmp_path), [row("a", a), row("b", a, sha="sha-a")], DedupConfig(enabled=False))
+    rows = [row("a", a, source="in.parquet#0"), row("b", a, sha="sha-a", source="in.parquet#1")]
+    counts, table = write_run(str(tmp_path), rows, DedupConfig(enabled=False))
     assert counts.duplicates == 0 and set(annotations(table).values()) == {(None, None)}
 
 
-def test_ann_paths_give_the_same_clusters_as_brute_force(tmp_path, monkeypatch):
-    """Above the size limits, history is searched through its vector index and the run through an
-    index on the staging table; on well-separated clusters the result must not change."""
+def test_many_buckets_give_the_same_clusters_as_one(tmp_path, monkeypatch):
+    """With buckets of a few rows each (nearest and second-nearest searched), well-separated clusters
+    come out exactly as with every row in one bucket; the table's rows are read by bucket."""
     centres = [unit(1000 + c, 32) for c in range(40)]
     history = [row(f"h{c}", centres[c], source=f"h.parquet#{c}") for c in range(40)]
     run = [
@@ -196,28 +198,17 @@ def test_ann_paths_give_the_same_clusters_as_brute_force(tmp_path, monkeypatch):
         for j in range(3)
     ]
     run += [row(f"u{i}", unit(5000 + i, 32), source=f"n.parquet#{200 + i}") for i in range(40)]
-    results, ann_corpora = {}, []
-    real_ann = dedup.ann_matches
-
-    def spy(corpus, vectors, threshold):
-        ann_corpora.append(corpus.name)
-        return real_ann(corpus, vectors, threshold)
-
-    monkeypatch.setattr(dedup, "ann_matches", spy)
-    for mode in ("exact", "ann"):
+    results, bucket_counts = {}, {}
+    for mode, rows_per_bucket in (("one", 10**6), ("many", 4)):
+        monkeypatch.setattr(buckets, "BUCKET_ROWS", rows_per_bucket)
         uri = str(tmp_path / mode)
         write_run(uri, history, run_id="h", dim=32)
-        if mode == "ann":
-            monkeypatch.setattr(maintain, "BRUTE_FORCE_VALUES", 64)
-            monkeypatch.setattr(maintain, "PARTITION_ROWS", 16)
-            monkeypatch.setattr(dedup, "EXACT_PAIRS_MAX_ROWS", 10)
-            maintain.maintain_table(lancedb.connect(uri).open_table("media"))
         counts, table = write_run(uri, run, run_id="n", dim=32)
-        results[mode] = annotations(table)
+        results[mode], bucket_counts[mode] = annotations(table), counts.buckets
         assert counts.of_table == 120 and counts.of_run == 0
-    assert {"media", "n"} <= set(ann_corpora)  # the table's index and the staging table's
-    assert results["ann"] == results["exact"]
-    assert all(results["exact"][f"n{c}-{j}"] == (f"h{c}", f"h{c}") for c in range(40) for j in range(3))
+    assert bucket_counts == {"one": 1, "many": 10}
+    assert results["many"] == results["one"]
+    assert all(results["one"][f"n{c}-{j}"] == (f"h{c}", f"h{c}") for c in range(40) for j in range(3))
 
 
 # ----------------------------------------------------------------------------- tiny CLIP, generated images
@@ -264,11 +255,14 @@ def generated_groups(count: int, copies: int, seed: int, size: int = 128) -> lis
     return groups
 
 
-def ingest_deduped(uri: str, rows: list[dict], config: DedupConfig, run_id: str):
-    """tests/tables.py's ingest (the run's stages and tail, dedup included); returns (counts, table)."""
+def ingest_deduped(uri: str, rows: list[dict], config: DedupConfig, run_id: str, source: str | None = None):
+    """tests/tables.py's ingest (the run's stages and tail, dedup included); returns (counts, table).
+
+    The rows come from file `<run_id>.parquet` unless `source` names another (a rerun of a file).
+    """
     from tests.tables import ingest
 
-    summary = ingest(uri, rows, dedup=config, run_id=run_id, source=f"{run_id}.parquet")
+    summary = ingest(uri, rows, dedup=config, run_id=run_id, source=source or f"{run_id}.parquet")
     return SimpleNamespace(**summary.dedup), lancedb.connect(uri).open_table("media")
 
 
@@ -323,5 +317,5 @@ def test_second_run_of_copies_is_marked_dup_of_first_run_ids(tmp_path, tiny_weig
     assert all(marks[f"exact{g}"][0] == f"orig{g}" for g in range(5))
     assert all(marks[f"orig{g}"] == (None, f"orig{g}") for g in range(21))
     assert counts.of_table == counts.duplicates and counts.exact == 5
-    _, again = ingest_deduped(uri, second, DedupConfig(), "r2-again")
+    _, again = ingest_deduped(uri, second, DedupConfig(), "r2-again", source="r2.parquet")  # the same file again
     assert annotations(again) == marks
