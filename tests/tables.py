@@ -8,6 +8,7 @@ distribution across processes is left out, which these tests do not exercise.
 from __future__ import annotations
 
 from functools import cache
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -50,9 +51,12 @@ def demo_policy() -> Policy:
     return load_policy(DEMO_POLICY_PATH)
 
 
-def job_config(db_uri: str, table: str, run_id: str, model: ModelConfig, dedup: DedupConfig) -> JobConfig:
+def job_config(
+    db_uri: str, table: str, run_id: str, model: ModelConfig, dedup: DedupConfig, uri_prefixes: list[str]
+) -> JobConfig:
+    source = {"paths": ["test.parquet"], "max_image_pixels": 10**8, "max_image_bytes": 10**8}
     return JobConfig(
-        source={"paths": ["test.parquet"], "max_image_pixels": 10**8, "max_image_bytes": 10**8},
+        source={**source, "allowed_uri_prefixes": uri_prefixes},
         model=model,
         sink={"uri": db_uri, "table": table},
         dedup=dedup,
@@ -74,7 +78,9 @@ def ingest(
     batch = pa.Table.from_pylist(
         [{"source": f"{source}#{index}", **row} for index, row in enumerate(rows)], schema=ROW_SCHEMA
     )
-    config = job_config(db_uri, table, run_id, model, dedup)
+    # The tests' own image files may live anywhere: allow exactly the directories they named.
+    uri_prefixes = sorted({str(Path(row["image_uri"]).parent) for row in rows if row.get("image_uri")})
+    config = job_config(db_uri, table, run_id, model, dedup, uri_prefixes)
     _, *stages = run_stages(config, policy or demo_policy())  # rows come in memory: no read stage
     state = worker_state(model)
     for stage in stages:

@@ -35,6 +35,7 @@ import ssl
 import stat
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import fsspec
@@ -56,6 +57,7 @@ from clipline.schemas.uri_prefixes import (
 )
 
 NOT_ALLOWED = "not under source.allowed_uri_prefixes"
+NOT_TRUSTED = "not a local file or s3:// object outside /proc, /sys, /dev and /run"
 MAX_SYMLINK_HOPS = 40
 MAX_URI_LENGTH = 4096
 CHUNK = 1 << 20
@@ -346,13 +348,13 @@ def _shown(uri: object) -> str:
     return _CONTROL.sub("?", redact_uri(uri)) if isinstance(uri, str) else repr(uri)
 
 
-def _checked_read(uri: str, max_bytes: int, read) -> bytes:
+def _checked_read(uri: str, max_bytes: int, read: Callable[[], bytes], not_allowed: str = NOT_ALLOWED) -> bytes:
     """Run `read()` and turn every way it can fail into the row's error code."""
     shown = _shown(uri)
     try:
         data = read()
     except NotAllowed:
-        raise RowFailure(ErrorCode.URI_NOT_ALLOWED, f"{shown}: {NOT_ALLOWED}") from None
+        raise RowFailure(ErrorCode.URI_NOT_ALLOWED, f"{shown}: {not_allowed}") from None
     except _NotRegular:
         raise RowFailure(ErrorCode.URI_NOT_ALLOWED, f"{shown}: not a regular file") from None
     except FileNotFoundError:
@@ -410,4 +412,4 @@ def read_trusted(uri: str, max_bytes: int, storage: StorageConfig | None = None)
         finally:
             os.close(fd)
 
-    return _checked_read(uri, max_bytes, read)
+    return _checked_read(uri, max_bytes, read, NOT_TRUSTED)
