@@ -53,7 +53,7 @@ def prepare(config: JobConfig) -> tuple[Policy | None, list[InputFile]]:
     """Everything that can fail without a cluster: policy, model config, input footers."""
     policy = load_policy(config.policy) if config.policy else None
     try:
-        check_weights_source(config.model)
+        check_weights_source(config.model, config.storage)
         if policy is not None:
             embed_dim = int(model_config_dict(config.model.arch)["embed_dim"])
             policy.check_heads(f"{config.model.arch}/{config.model.weights_label}", embed_dim)
