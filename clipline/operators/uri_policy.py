@@ -104,15 +104,12 @@ class UriPolicy:
 
     @classmethod
     def from_prefixes(cls, prefixes: list[str]) -> UriPolicy:
-        """Parse the configured prefixes; local ones are realpath'd once, here (ValueError if unsafe)."""
+        """Parse the configured prefixes (ValueError if unsafe); local ones are realpath'd once, here."""
         local, s3, web = [], [], []
         for prefix in prefixes:
             parsed = parse_prefix(prefix)
             if isinstance(parsed, LocalPrefix):
-                real = os.path.realpath(parsed.path)
-                if under_forbidden_root(real):
-                    raise ValueError(f"{prefix!r} resolves to {real}, which cannot hold images")
-                local.append((parsed.path, real))
+                local.append((parsed.path, os.path.realpath(parsed.path)))
             elif isinstance(parsed, S3Prefix):
                 s3.append(parsed)
             else:

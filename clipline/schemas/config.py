@@ -61,12 +61,16 @@ class SourceConfig(StrictModel):
     def _one_path_is_a_list(cls, value: object) -> object:
         return [value] if isinstance(value, str) else value
 
-    @field_validator("allowed_uri_prefixes")
-    @classmethod
-    def _prefixes_parse(cls, value: list[str] | None) -> list[str] | None:
-        for prefix in value or []:
-            parse_prefix(prefix)
-        return value
+    @model_validator(mode="after")
+    def _prefixes_parse(self) -> SourceConfig:
+        """The prefixes in force, configured or derived from `paths`, must each be a safe prefix."""
+        for prefix in self.uri_prefixes():
+            try:
+                parse_prefix(prefix)
+            except ValueError as exc:
+                derived = "" if self.allowed_uri_prefixes is not None else " (derived from source.paths; set it)"
+                raise ValueError(f"source.allowed_uri_prefixes{derived}: {exc}") from None
+        return self
 
     def uri_prefixes(self) -> list[str]:
         """The prefixes in force: as configured, else each source directory (a file's parent)."""

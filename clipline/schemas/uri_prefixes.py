@@ -7,11 +7,13 @@ against the parsed prefixes and does the reading.
 
 Accepted prefixes: an absolute local directory (or `file://` URL of one), `s3://bucket/` or
 `s3://bucket/prefix/`, and `http(s)://host[:port]/path/`. Never a root that exposes the machine
-itself (`/`, /proc, /sys, /dev, /run), never one with `.`/`..` segments or credentials in it.
+itself (`/`, /proc, /sys, /dev, /run, or a symlink into them: the one look at the filesystem here),
+never one with `.`/`..` segments or credentials in it.
 """
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 import urllib.parse
@@ -102,8 +104,9 @@ def _local_prefix(prefix: str, scheme: str | None) -> LocalPrefix:
     if not posixpath.isabs(path) or has_dot_segments(path):
         raise ValueError(f"{prefix!r}: a local prefix must be an absolute directory without '..'")
     normal = "/" + posixpath.normpath(path).lstrip("/")
-    if under_forbidden_root(normal):
-        raise ValueError(f"{prefix!r}: {normal} exposes the machine itself and cannot hold images")
+    for where in dict.fromkeys((normal, os.path.realpath(normal))):  # also through a symlink
+        if under_forbidden_root(where):
+            raise ValueError(f"{prefix!r}: {where} exposes the machine itself and cannot hold images")
     return LocalPrefix(normal)
 
 
@@ -113,10 +116,9 @@ def directory_of_source(path: str) -> str:
     No I/O: a path whose last segment ends in `.parquet` is a file, anything else a directory;
     a relative local path is taken from the current directory, as the run reads it.
     """
-    scheme, _ = split_scheme(path)
+    is_file = path.rstrip("/").rsplit("/", 1)[-1].endswith(".parquet")
+    if split_scheme(path)[0] is None:
+        absolute = posixpath.abspath(path)
+        return posixpath.dirname(absolute) if is_file else absolute
     trimmed = path.rstrip("/")
-    is_file = trimmed.rsplit("/", 1)[-1].endswith(".parquet")
-    directory = trimmed.rsplit("/", 1)[0] if is_file else trimmed
-    if scheme is None:
-        return posixpath.abspath(directory or ".")
-    return directory + "/"
+    return (trimmed.rsplit("/", 1)[0] if is_file else trimmed) + "/"

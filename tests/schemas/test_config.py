@@ -165,3 +165,10 @@ def test_max_image_aspect_is_checked(tmp_path):
     assert load_job_config(write(tmp_path, "job.yaml", GOOD_JOB)).source.max_image_aspect == 20.0
     with pytest.raises(ConfigError, match="source.max_image_aspect"):
         load_job_config(write(tmp_path, "job.yaml", {**GOOD_JOB, "source": {"paths": ["a"], "max_image_aspect": 0.5}}))
+
+
+def test_a_source_at_the_root_cannot_allow_the_whole_machine(tmp_path):
+    with pytest.raises(ConfigError, match="derived from source.paths"):
+        load_job_config(write(tmp_path, "job.yaml", {**GOOD_JOB, "source": {"paths": ["/input.parquet"]}}))
+    source = {"paths": ["/input.parquet"], "allowed_uri_prefixes": []}
+    assert load_job_config(write(tmp_path, "job.yaml", {**GOOD_JOB, "source": source})).source.uri_prefixes() == []
