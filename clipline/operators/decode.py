@@ -233,6 +233,7 @@ def prepare_jpeg(image: Image.Image, data: bytes, size: int, limits: DecodeLimit
 
 
 def check_decoder_budget(image: Image.Image, data: bytes, size: int, limits: DecodeLimits) -> None:
+    """Refuse an image whose decoder would hold more than the budget (a large JPEG is drafted first)."""
     jpeg = image.format in ("JPEG", "MPO")
     cost = prepare_jpeg(image, data, size, limits) if jpeg else decoder_bytes(image)
     if cost > limits.decode_budget:
