@@ -106,7 +106,7 @@ def test_driver_killed_before_commit_leaves_the_table_unchanged(ray_local, tmp_p
 
 def test_retry_failed_reprocesses_only_failed_rows_under_their_ids(ray_local, tmp_path):
     (tmp_path / "in").mkdir()
-    later = tmp_path / "late.png"
+    later = tmp_path / "in" / "late.png"  # beside the input: under the default allowed prefix
     rows = [*image_rows("r", 5), {"id": "late", "image_uri": str(later)}, {"id": "bad", "image": b"not an image"}]
     write_parquet(rows, tmp_path / "in" / "r.parquet")
     first = run_job(local_job(tmp_path))
@@ -131,10 +131,12 @@ def test_transient_s3_errors_are_retried_and_nothing_is_lost(ray_local, s3_endpo
         for part in range(3):
             write_parquet(image_rows(f"s{part}", 10, seed=part), f"{s3_bucket}/in/s{part}.parquet", filesystem)
         boto3.client("s3", endpoint_url=s3_endpoint).put_object(
-            Bucket=s3_bucket, Key="img/one.png", Body=png_bytes("cross", "green", seed=1)
+            Bucket=s3_bucket, Key="in/img/one.png", Body=png_bytes("cross", "green", seed=1)
         )
         write_parquet(
-            [{"id": "via-uri", "image_uri": f"s3://{s3_bucket}/img/one.png"}], f"{s3_bucket}/in/uri.parquet", filesystem
+            [{"id": "via-uri", "image_uri": f"s3://{s3_bucket}/in/img/one.png"}],
+            f"{s3_bucket}/in/uri.parquet",
+            filesystem,
         )
         storage = {"endpoint_url": proxy.endpoint, "region": "us-east-1"}
         config = JobConfig.model_validate(
