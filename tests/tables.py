@@ -8,6 +8,7 @@ and committed by the run's own tail on the test session's Ray (identity, dedup, 
 from __future__ import annotations
 
 from functools import cache
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -53,10 +54,17 @@ def demo_policy() -> Policy:
 
 
 def job_config(
-    db_uri: str, table: str, run_id: str, model: ModelConfig, dedup: DedupConfig, update_existing_ids: bool
+    db_uri: str,
+    table: str,
+    run_id: str,
+    model: ModelConfig,
+    dedup: DedupConfig,
+    update_existing_ids: bool = False,
+    uri_prefixes: list[str] | None = None,
 ) -> JobConfig:
+    source = {"paths": ["test.parquet"], "max_image_pixels": 10**8, "max_image_bytes": 10**8}
     return JobConfig(
-        source={"paths": ["test.parquet"], "max_image_pixels": 10**8, "max_image_bytes": 10**8},
+        source={**source, "allowed_uri_prefixes": uri_prefixes or []},
         model=model,
         sink={"uri": db_uri, "table": table, "update_existing_ids": update_existing_ids},
         dedup=dedup,
@@ -96,7 +104,9 @@ def ingest(
     batch = pa.Table.from_pylist(
         [{"source": f"{source}#{index}", **row} for index, row in enumerate(rows)], schema=ROW_SCHEMA
     )
-    config = job_config(db_uri, table, run_id, model, dedup, update_existing_ids)
+    # The tests' own image files may live anywhere: allow exactly the directories they named.
+    uri_prefixes = sorted({str(Path(row["image_uri"]).parent) for row in rows if row.get("image_uri")})
+    config = job_config(db_uri, table, run_id, model, dedup, update_existing_ids, uri_prefixes)
     policy = policy or demo_policy()
     _, *stages = run_stages(config, policy)  # rows come in memory: no read stage; buckets in the tail
     state = worker_state(model)

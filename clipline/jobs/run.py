@@ -27,9 +27,11 @@ def run_and_record(config: JobConfig, options: RunOptions | None = None) -> RunS
 
 def run_from_file(config_path: str, options: RunOptions, as_json: bool = False) -> int:
     """Shared by `clipline run` and this module's entrypoint; returns a process exit code."""
+    from clipline.pipelines.ledger import InputChanged  # the ledger imports LanceDB: not at `--help`
+
     try:
         summary = run_and_record(load_job_config(config_path), options)
-    except (ConfigError, TableMismatch) as exc:
+    except (ConfigError, TableMismatch, InputChanged) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return emit(summary, as_json)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -17,6 +18,7 @@ import fsspec
 import open_clip
 import torch
 
+from clipline.operators.failures import redact_uri
 from clipline.schemas.config import RANDOM_WEIGHTS, TINY_ARCH, ModelConfig
 from clipline.schemas.storage import StorageConfig
 
@@ -75,40 +77,70 @@ def image_size_for(arch: str) -> int:
     return int(size[0] if isinstance(size, list | tuple) else size)
 
 
-def check_weights_source(config: ModelConfig) -> None:
-    """Catch a misspelt hub tag or a missing local checkpoint on the driver, before any actor loads.
+def check_weights_source(config: ModelConfig, storage: StorageConfig | None = None) -> None:
+    """Catch a misspelt hub tag or a missing checkpoint on the driver, before any actor loads.
 
-    The hub itself is not contacted: open_clip's pretrained registry is local data.
+    The hub itself is not contacted: open_clip's pretrained registry is local data. A remote
+    checkpoint is looked up (one HEAD), so a wrong key fails here rather than in every actor.
     """
     model_config_dict(config.arch)
     if config.pretrained and config.pretrained != RANDOM_WEIGHTS and not config.arch.startswith("hf-hub:"):
         tags = open_clip.list_pretrained_tags_by_model(config.arch)
         if config.pretrained not in tags:
             raise ValueError(f"model.pretrained: {config.pretrained!r} is not a tag of {config.arch} (tags: {tags})")
-    if config.checkpoint and "://" not in config.checkpoint and not Path(config.checkpoint).is_file():
-        raise ValueError(f"model.checkpoint: no such file {config.checkpoint}")
+    if config.checkpoint and not checkpoint_exists(config.checkpoint, storage or StorageConfig()):
+        raise ValueError(f"model.checkpoint: no such file {redact_uri(config.checkpoint)}")
+
+
+def checkpoint_exists(uri: str, storage: StorageConfig) -> bool:
+    """Is there a file at `uri` (local path, file:// or any fsspec URL)? Storage errors say so by name."""
+    if "://" not in uri or uri.startswith("file://"):
+        return Path(uri.removeprefix("file://")).is_file()
+    try:
+        fs, path = fsspec.core.url_to_fs(uri, **storage.fsspec_options(uri))
+        return fs.isfile(path)
+    except Exception as exc:  # unreachable endpoint, refused credentials: name the field, not a key
+        raise ValueError(f"model.checkpoint: cannot check {redact_uri(uri)}: {type(exc).__name__}") from exc
 
 
 def fetch_checkpoint(uri: str, cache_dir: Path, storage: StorageConfig) -> Path:
     """Return a local path for a checkpoint, downloading remote ones once into the cache.
 
     The cache key hashes the URI, so two checkpoints with the same file name never collide.
+    Several actors on one node may download the same checkpoint at once: each writes its own
+    uniquely named temporary file and renames it over the target (atomic on one filesystem), so
+    a reader only ever sees no file or a whole one, never another process's partial write.
     """
     if "://" not in uri or uri.startswith("file://"):
         path = Path(uri.removeprefix("file://"))
         if not path.is_file():
             raise FileNotFoundError(f"model.checkpoint: no such file {path}")
         return path
-    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
-    target = cache_dir / "checkpoints" / f"{digest}-{Path(uri).name}"
+    target = cached_checkpoint(uri, cache_dir)
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(target.suffix + ".partial")
-        with fsspec.open(uri, "rb", **storage.fsspec_options(uri)) as src, open(partial, "wb") as dst:
+        download_atomically(uri, target, storage)
+    return target
+
+
+def cached_checkpoint(uri: str, cache_dir: Path) -> Path:
+    """Where a remote checkpoint lives once downloaded: keyed by a hash of its URI."""
+    return cache_dir / "checkpoints" / f"{hashlib.sha256(uri.encode()).hexdigest()[:16]}-{Path(uri).name}"
+
+
+def download_atomically(uri: str, target: Path, storage: StorageConfig) -> None:
+    """Copy `uri` to a temporary file of this process next to `target`, then rename it into place."""
+    handle, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+    try:
+        with fsspec.open(uri, "rb", **storage.fsspec_options(uri)) as src, os.fdopen(handle, "wb") as dst:
             while chunk := src.read(8 * 1024 * 1024):
                 dst.write(chunk)
-        partial.rename(target)
-    return target
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(partial, target)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
 
 
 def weights_argument(config: ModelConfig, storage: StorageConfig | None = None) -> str | None:

@@ -15,6 +15,11 @@ Overrides: `review apply` writes `override_decision`, `override_by`, `override_a
 Runs and rescores never write the override columns and re-apply them to `decision`, so an
 override wins until a reviewer clears it (`override_decision: clear`), which restores the model's
 decision from the row's reasons.
+
+Cells come from uploads (captions, ids, URIs), and a spreadsheet runs a cell starting with `=`,
+`+`, `-`, `@`, tab or carriage return as a formula: every such cell is written with a `'` before
+it (as is a cell starting with `'`, so the marker can be told apart), and `review apply` takes
+the marker off ids again, whether the reviewer's tool kept it or not.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ from __future__ import annotations
 import bisect
 import csv
 import hashlib
-import io
 import json
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
@@ -31,15 +35,16 @@ from pathlib import Path
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
+from clipline.operators.decode import DecodeLimits, RowFailure, thumbnail_jpeg
 from clipline.schemas.storage import StorageConfig
 from clipline.schemas.table import Decision, Status
 from clipline.table.store import ClipTable
 
 QUEUE_WHERE = "status = 'ok' AND decision = 'review' AND override_decision IS NULL"
 CLEAR = "clear"
-THUMBNAIL_PX = 160
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+TEXT_MARKER = "'"
 QUEUE_FIELDS = [
     "id",
     "decision",
@@ -61,6 +66,17 @@ class ReviewError(ValueError):
 
 
 # --------------------------------------------------------------------------- export
+
+
+def csv_cell(value: str) -> str:
+    """The cell a spreadsheet shows as text: a leading formula character (or marker) gets the marker."""
+    return TEXT_MARKER + value if value.startswith((*FORMULA_STARTS, TEXT_MARKER)) else value
+
+
+def id_from_cell(value: str) -> str:
+    """Undo `csv_cell` on an id read back from a decisions file."""
+    unmarked = value[len(TEXT_MARKER) :]
+    return unmarked if value.startswith(TEXT_MARKER) and unmarked.startswith((*FORMULA_STARTS, TEXT_MARKER)) else value
 
 
 def _reasons_text(reasons: list[dict] | None) -> str:
@@ -132,15 +148,14 @@ class ThumbnailWriter:
             self.failures["no image bytes in the source row"] += 1
             return None
         try:
-            with Image.open(io.BytesIO(data)) as image:
-                image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-                name = hashlib.sha256(row_id.encode()).hexdigest()[:20] + ".jpg"
-                self.folder.mkdir(parents=True, exist_ok=True)
-                image.convert("RGB").save(self.folder / name, format="JPEG", quality=85)
-                return name
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            self.failures[f"undecodable image: {type(exc).__name__}"] += 1
+            jpeg = thumbnail_jpeg(data, DecodeLimits())  # the bounded decode the pipeline uses
+        except RowFailure as failure:
+            self.failures[f"undecodable image: {failure.code}"] += 1
             return None
+        name = hashlib.sha256(row_id.encode()).hexdigest()[:20] + ".jpg"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / name).write_bytes(jpeg)
+        return name
 
 
 def export_queue(
@@ -175,22 +190,21 @@ def export_queue(
         output = csv.DictWriter(handle, fieldnames=QUEUE_FIELDS)
         output.writeheader()
         for row in rows:
-            output.writerow(
-                {
-                    "id": row["id"],
-                    "decision": row["decision"],
-                    "reasons": _reasons_text(row["reasons"]),
-                    "scores": json.dumps({s["category"]: round(s["score"], 4) for s in row["scores"] or []}),
-                    "labels": ",".join(row["labels"] or []),
-                    "thumbnail": row["image_uri"] or written.get(row["id"], ""),
-                    "image_uri": row["image_uri"] or "",
-                    "source": row["source"] or "",
-                    "text": row["text"] or "",
-                    "policy_version": row["policy_version"] or "",
-                    "override_decision": "",
-                    "override_note": "",
-                }
-            )
+            cells = {
+                "id": row["id"],
+                "decision": row["decision"],
+                "reasons": _reasons_text(row["reasons"]),
+                "scores": json.dumps({s["category"]: round(s["score"], 4) for s in row["scores"] or []}),
+                "labels": ",".join(row["labels"] or []),
+                "thumbnail": row["image_uri"] or written.get(row["id"], ""),
+                "image_uri": row["image_uri"] or "",
+                "source": row["source"] or "",
+                "text": row["text"] or "",
+                "policy_version": row["policy_version"] or "",
+                "override_decision": "",
+                "override_note": "",
+            }
+            output.writerow({name: csv_cell(value) for name, value in cells.items()})
     return {
         "path": str(out_csv),
         "rows": len(rows),
@@ -224,7 +238,7 @@ def read_decisions(path: str | Path, reviewer: str | None) -> dict[str, dict]:
         problems, decisions = [], {}
         for line, row in enumerate(reader, start=2):
             value = (row["override_decision"] or "").strip().lower()
-            row_id = (row["id"] or "").strip()
+            row_id = id_from_cell((row["id"] or "").strip())
             if not value:
                 continue
             who = (row.get("override_by") or "").strip() or reviewer

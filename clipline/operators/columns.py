@@ -28,6 +28,11 @@ def column_or_nulls(table: pa.Table, name: str, type_: pa.DataType) -> pa.Array:
     return table.column(name).combine_chunks().cast(type_)
 
 
+def is_blank(text: str | None) -> bool:
+    """No text, or only whitespace: nothing to embed (one definition for decode and encode)."""
+    return text is None or not text.strip()
+
+
 def ok_mask(table: pa.Table) -> np.ndarray:
     """Rows still in play: status ok (rows that failed earlier are carried, not processed)."""
     status = table.column("status")

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
 from clipline.models.loader import ClipBundle, load_clip, pick_device
 from clipline.models.zero_shot import encode_pixels, encode_texts, over_context
 from clipline.operators.base import STATEFUL, Resources, WorkerState
-from clipline.operators.columns import add_flag, column_or_nulls, embedding_array, ok_mask, set_column
+from clipline.operators.columns import add_flag, column_or_nulls, embedding_array, is_blank, ok_mask, set_column
 from clipline.schemas.config import ModelConfig
 from clipline.schemas.storage import StorageConfig
 
@@ -61,10 +60,10 @@ class EncodeClip:
         dim = self.bundle.embed_dim
         ok = ok_mask(batch)
         image_rows = ok & column_or_nulls(batch, "pixels", pa.binary()).is_valid().to_numpy(zero_copy_only=False)
-        texts = column_or_nulls(batch, "text", pa.string())
-        text_rows = ok & pc.fill_null(pc.greater(pc.utf8_length(texts), 0), False).to_numpy(zero_copy_only=False)
+        texts = column_or_nulls(batch, "text", pa.string()).to_pylist()
+        text_rows = ok & np.array([not is_blank(text) for text in texts], dtype=bool)
         image_vectors = encode_pixels(self.bundle, self._pixels(batch, image_rows))
-        text_values = [texts[i].as_py() for i in np.flatnonzero(text_rows)]
+        text_values = [texts[i] for i in np.flatnonzero(text_rows)]
         text_vectors = encode_texts(self.bundle, text_values)
         truncated = np.zeros(batch.num_rows, dtype=bool)
         truncated[np.flatnonzero(text_rows)] = over_context(self.bundle, text_values)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import fsspec
@@ -61,7 +62,7 @@ def prepare(config: JobConfig) -> tuple[Policy | None, list[InputFile]]:
     """Everything that can fail without a cluster: policy, model config, input footers."""
     policy = load_policy(config.policy) if config.policy else None
     try:
-        check_weights_source(config.model)
+        check_weights_source(config.model, config.storage)
         if policy is not None:
             embed_dim = int(model_config_dict(config.model.arch)["embed_dim"])
             policy.check_heads(f"{config.model.arch}/{config.model.weights_label}", embed_dim)
@@ -101,12 +102,22 @@ def stage_rows(run: RunContext, tasks: pa.Table, centroids: tuple[int, str] | No
     return account, fragments
 
 
-def commit_staged(run: RunContext, fragments: list[str], ranks: dict[str, int], staged_centroids: int | None) -> None:
-    """Commit the staging dataset, then the tail: identity, dedup and the one table commit."""
+def commit_staged(
+    run: RunContext,
+    fragments: list[str],
+    ranks: dict[str, int],
+    staged_centroids: int | None,
+    guard: Callable[[], None] = lambda: None,
+) -> None:
+    """Commit the staging dataset, then the tail: identity, dedup and the one table commit.
+
+    `guard` runs right before the table commit (the ledger's claims check: a run never commits
+    a file another run has taken over).
+    """
     run.staging.create(staging_schema(run.table.lance.schema), fragments)
     config = run.config
     plan = plan_tail(run.table, run.staging, config.dedup, config.sink.update_existing_ids, ranks, staged_centroids)
-    fill_summary(run.summary, run_tail(plan, run.table))
+    fill_summary(run.summary, run_tail(plan, run.table, guard))
 
 
 def commit_encoded(config: JobConfig, table: ClipTable, rows: pa.Table, policy: Policy | None = None) -> RunSummary:
@@ -126,14 +137,17 @@ def commit_encoded(config: JobConfig, table: ClipTable, rows: pa.Table, policy: 
     return run.summary
 
 
-def process_and_commit(run: RunContext, tasks: pa.Table, expected: dict[str, Ranges]) -> RowAccount:
+def process_and_commit(
+    run: RunContext, tasks: pa.Table, expected: dict[str, Ranges], guard: Callable[[], None]
+) -> RowAccount:
     """Stage, check that exactly the planned rows came out, then the tail; the staging never outlives it."""
     centroids = centroids_version(run)
     try:
         account, fragments = stage_rows(run, tasks, centroids)
         account.check(expected)
         rows = {path: max(end for _, end in ranges) for path, ranges in expected.items()}
-        commit_staged(run, fragments, file_ranks(list(expected), rows), centroids[0] if centroids else None)
+        ranks = file_ranks(list(expected), rows)
+        commit_staged(run, fragments, ranks, centroids[0] if centroids else None, guard)
     finally:
         discard_staging(run)
     if run.config.sink.maintain_after_run:
@@ -160,13 +174,22 @@ def fill_summary(summary: RunSummary, result: TailResult) -> None:
     }
 
 
-def run_incremental(run: RunContext, files: list[InputFile]) -> None:
-    """Claim the files not yet in the ledger (all with `full`), process them, commit, then record them."""
-    config, summary = run.config, run.summary
+def open_ledger(run: RunContext) -> Ledger:
+    config = run.config
     ledger = Ledger(
-        config.sink.uri, config.sink.table, summary.run_id, config.storage, config.sink.claim_ttl_hours * 3600
+        config.sink.uri, config.sink.table, run.summary.run_id, config.storage, config.sink.claim_ttl_hours * 3600
     )
     ledger.setup()
+    return ledger
+
+
+def run_incremental(run: RunContext, files: list[InputFile]) -> None:
+    """Claim the files not yet in the ledger (all with `full`), process them, commit, then record them.
+
+    The claims are renewed by a heartbeat while the run works, and checked before the commit.
+    """
+    summary = run.summary
+    ledger = open_ledger(run)
     selection = ledger.select(files, run.options.full)
     summary.files_processed = [file.path for file in selection.todo]
     summary.files_skipped = [file.path for file in selection.already_committed]
@@ -176,7 +199,8 @@ def run_incremental(run: RunContext, files: list[InputFile]) -> None:
         return
     expected = {file.path: [(0, file.num_rows)] for file in selection.todo if file.num_rows}
     try:
-        account = process_and_commit(run, read_tasks(selection.todo), expected)
+        with ledger.heartbeat() as heartbeat:
+            account = process_and_commit(run, read_tasks(selection.todo), expected, heartbeat.check)
         ledger.record(selection.todo, account.per_file())
     except BaseException:
         ledger.release(selection.todo)
@@ -205,15 +229,24 @@ def failed_rows(table: ClipTable) -> dict[str, dict[int, str]]:
 def run_retry_failed(run: RunContext, files: list[InputFile]) -> None:
     """Reprocess only the table's failed rows, under the ids they already have, in one commit.
 
-    The ledger is left alone: these files are already recorded, only some of their rows change.
+    Rows are found again by position, so a file changed since it was recorded is refused by name
+    (InputChanged). The files are claimed like any run's; the ledger's records stay as they are:
+    these files are already recorded, only some of their rows change.
     """
     only = failed_rows(run.table)
-    retry_files = [file for file in files if file.path in only]
-    run.summary.files_processed = [file.path for file in retry_files]
-    run.summary.rows_in = sum(len(only[file.path]) for file in retry_files)
-    if retry_files:
-        expected = {file.path: to_ranges(only[file.path]) for file in retry_files}
-        process_and_commit(run, read_tasks(retry_files, only), expected)
+    ledger = open_ledger(run)
+    selection = ledger.claim_for_retry([file for file in files if file.path in only])
+    run.summary.files_processed = [file.path for file in selection.todo]
+    run.summary.files_claimed_elsewhere = [file.path for file in selection.claimed_elsewhere]
+    run.summary.rows_in = sum(len(only[file.path]) for file in selection.todo)
+    if not selection.todo:
+        return
+    expected = {file.path: to_ranges(only[file.path]) for file in selection.todo}
+    try:
+        with ledger.heartbeat() as heartbeat:
+            process_and_commit(run, read_tasks(selection.todo, only), expected, heartbeat.check)
+    finally:
+        ledger.release(selection.todo)
 
 
 def run_job(config: JobConfig, options: RunOptions | None = None) -> RunSummary:

@@ -67,6 +67,8 @@ def run_stages(
             source.max_image_bytes,
             config.storage,
             decode_resources,
+            max_aspect=source.max_image_aspect,
+            uri_prefixes=source.uri_prefixes(),
         ),
         EncodeClip(config.model, cpus=encoders.threads, storage=config.storage, resources=model_resources),
     ]

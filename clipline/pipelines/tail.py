@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import pickle
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -533,8 +534,8 @@ def plan_tail(
     )
 
 
-def run_tail(plan: TailPlan, table: ClipTable) -> TailResult:
-    """Identity, dedup, final rows and the one commit; see the module docstring."""
+def run_tail(plan: TailPlan, table: ClipTable, guard: Callable[[], None] = lambda: None) -> TailResult:
+    """Identity, dedup, final rows and the one commit (`guard` runs right before it); see the module docstring."""
     started = time.perf_counter()
     result = TailResult()
     groups, p, b = len(plan.groups), plan.partitions, plan.bucket_partitions
@@ -552,7 +553,7 @@ def run_tail(plan: TailPlan, table: ClipTable) -> TailResult:
         annotations, counts = deduplicate(plan, result, routed, excluded, replaced, renames)
     since = result.phase("dedup", since)
     patches = [outputs[-2] if plan.centroids is not None else None for outputs in routed]
-    commit(plan, table, result, identity_of_group, annotations, patches)
+    commit(plan, table, result, identity_of_group, annotations, patches, guard)
     result.dedup = counts
     result.dedup.checked, result.dedup.carried = checked, result.carried
     result.dedup.wall_s = round(time.perf_counter() - started, 3)
@@ -605,6 +606,7 @@ def commit(
     identity_of_group: list[list],
     annotations: list,
     patches: list,
+    guard: Callable[[], None],
 ) -> None:
     """Finalize every group, then commit once; on a conflict, redo what changed and try again.
 
@@ -640,6 +642,7 @@ def commit(
             reviewed_at = version
         updated, removed = result.pull(ray.remote(deletions).remote(plan, version, all_identity))
         new = [fragment for group in results for fragment in group.fragments]
+        guard()
         try:
             result.version = commit_update(plan.table, version, new, updated, removed)
         except CommitConflictError:

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from clipline.reports.thumbnails import Thumbnail, load_thumbnails
+from clipline.schemas.config import SourceConfig
 from clipline.schemas.storage import StorageConfig
 from clipline.table.store import sql_literal
 
@@ -476,13 +477,7 @@ def build_report(
     max_thumbnails: int = MAX_THUMBNAILS,
 ) -> str:
     """Query the run's flagged rows, re-read their images from the input, render the page."""
-    source = manifest.get("config", {}).get("source", {})
+    source = SourceConfig.model_validate(manifest["config"]["source"])
     flagged = flagged_rows(table, manifest["run_id"], max_thumbnails)
-    thumbnails = load_thumbnails(
-        flagged["block"]["rows"] + flagged["review"]["rows"],
-        image_column=source.get("columns", {}).get("image", "image"),
-        storage=storage,
-        max_pixels=source.get("max_image_pixels", 64_000_000),
-        max_bytes=source.get("max_image_bytes", 64 * 1024 * 1024),
-    )
+    thumbnails = load_thumbnails(flagged["block"]["rows"] + flagged["review"]["rows"], source, storage)
     return render_html(manifest, previous, flagged, thumbnails)

@@ -1,26 +1,27 @@
 """Thumbnails of flagged rows, re-read from the run's input (the table keeps no image bytes).
 
 An image is read the way the decode step read it: the `image` column of the source parquet at
-`file#row` when that cell holds bytes, else the row's `image_uri`. Only the row groups holding
-wanted rows are read, and only the image column. Anything that goes wrong gives a row without a
-thumbnail and a reason to show in its place: a report must never fail over one missing image.
+`file#row` when that cell holds bytes, else the row's `image_uri` under the run's
+`source.allowed_uri_prefixes`, with the same byte cap and the same bounded decode. Only the row
+groups holding wanted rows are read, and only the image column. Anything that goes wrong gives a
+row without a thumbnail and a reason to show in its place: a report must never fail over one
+missing image.
 """
 
 from __future__ import annotations
 
 import bisect
-import io
 from collections import defaultdict
 from dataclasses import dataclass
 
 import fsspec
 import pyarrow.parquet as pq
-from PIL import Image, ImageOps
 
-from clipline.operators.decode import redact_uri, to_rgb
+from clipline.operators.decode import DecodeLimits, RowFailure, redact_uri, thumbnail_jpeg
+from clipline.operators.uri_policy import UriPolicy, UriReader
+from clipline.schemas.config import SourceConfig
 from clipline.schemas.storage import StorageConfig
-
-THUMBNAIL_PX = 160
+from clipline.schemas.table import ErrorCode
 
 
 @dataclass
@@ -81,52 +82,29 @@ def source_image_bytes(
     return found, problems
 
 
-def uri_bytes(uri: str, max_bytes: int, storage: StorageConfig) -> bytes:
-    fs, path = fsspec.core.url_to_fs(uri, **storage.fsspec_options(uri))
-    size = fs.size(path)
-    if size is not None and size > max_bytes:
-        raise ValueError(f"{size} bytes, over {max_bytes}")
-    return fs.cat_file(path)
-
-
-def make_thumbnail(data: bytes, max_pixels: int, size: int = THUMBNAIL_PX) -> bytes:
-    """A JPEG no larger than `size` px a side; refuses declared sizes over `max_pixels` (bomb guard)."""
-    image = Image.open(io.BytesIO(data))
-    if image.width * image.height > max_pixels:
-        raise ValueError(f"{image.width}x{image.height} is over {max_pixels} pixels")
-    image.draft("RGB", (size, size))
-    image = to_rgb(ImageOps.exif_transpose(image))
-    image.thumbnail((size, size), Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=85)
-    return buffer.getvalue()
-
-
 def load_thumbnails(
-    rows: list[dict],
-    image_column: str = "image",
-    storage: StorageConfig | None = None,
-    max_pixels: int = 64_000_000,
-    max_bytes: int = 64 * 1024 * 1024,
+    rows: list[dict], source: SourceConfig, storage: StorageConfig | None = None
 ) -> dict[str, Thumbnail]:
     """Thumbnails by row `id` for table rows carrying `id`, `source`, `image_uri` and `text`."""
     storage = storage or StorageConfig()
+    limits = DecodeLimits(max_pixels=source.max_image_pixels, max_aspect=source.max_image_aspect)
+    reader = UriReader(UriPolicy.from_prefixes(source.uri_prefixes()), source.max_image_bytes, storage)
     from_parquet, problems = source_image_bytes(
-        [row["source"] for row in rows if row.get("source")], image_column, storage
+        [row["source"] for row in rows if row.get("source")], source.columns.image, storage
     )
     thumbnails = {}
     for row in rows:
-        source, uri = row.get("source"), row.get("image_uri")
-        data = from_parquet.get(source)
+        data, uri = from_parquet.get(row.get("source")), row.get("image_uri")
         try:
             if data is None and uri:
-                data = uri_bytes(uri, max_bytes, storage)
+                data = reader.read(uri)
             if data is None:
-                reason = problems.get(source) or ("text-only row" if row.get("text") else "no image")
+                reason = problems.get(row.get("source")) or ("text-only row" if row.get("text") else "no image")
                 thumbnails[row["id"]] = Thumbnail(missing=reason)
                 continue
-            thumbnails[row["id"]] = Thumbnail(jpeg=make_thumbnail(data, max_pixels))
-        except Exception as exc:  # unreadable URI, undecodable bytes: show why instead of the picture
-            where = uri if uri and from_parquet.get(source) is None else "image"
-            thumbnails[row["id"]] = Thumbnail(missing=redact_uri(f"{where}: {type(exc).__name__}: {exc}")[:200])
+            if len(data) > source.max_image_bytes:
+                raise RowFailure(ErrorCode.IMAGE_TOO_LARGE, f"{len(data)} bytes, over {source.max_image_bytes}")
+            thumbnails[row["id"]] = Thumbnail(jpeg=thumbnail_jpeg(data, limits))
+        except RowFailure as failure:  # not allowed, unreadable, undecodable: show why instead
+            thumbnails[row["id"]] = Thumbnail(missing=redact_uri(f"{failure.code}: {failure.message}")[:200])
     return thumbnails

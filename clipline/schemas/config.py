@@ -7,6 +7,7 @@ errors name the dotted path of the offending field.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -14,9 +15,12 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from clipline.schemas.base import ConfigError, StrictModel, format_validation_error, read_yaml
 from clipline.schemas.storage import StorageConfig
+from clipline.schemas.uri_prefixes import directory_of_source, parse_prefix
 
 TINY_ARCH = "clipline-tiny"
 RANDOM_WEIGHTS = "none"
+# A run id names staging tables, claims and manifest files: one path segment, no tricks.
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class ColumnsConfig(StrictModel):
@@ -40,11 +44,39 @@ class SourceConfig(StrictModel):
         default=64_000_000, gt=0, description="Images declaring more pixels are refused before decode"
     )
     max_image_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    max_image_aspect: float = Field(
+        default=20.0,
+        ge=1.0,
+        description="Long side over short side beyond which an image is refused (`image_bad_aspect`): "
+        "the centre crop would keep under 1/20 of it",
+    )
+    allowed_uri_prefixes: list[str] | None = Field(
+        default=None,
+        description="Where `image_uri` may point (local directories, s3://bucket/prefix/, http(s)://host/path/); "
+        "null = the directories of `paths`; [] = no `image_uri` is read",
+    )
 
     @field_validator("paths", mode="before")
     @classmethod
     def _one_path_is_a_list(cls, value: object) -> object:
         return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _prefixes_parse(self) -> SourceConfig:
+        """The prefixes in force, configured or derived from `paths`, must each be a safe prefix."""
+        for prefix in self.uri_prefixes():
+            try:
+                parse_prefix(prefix)
+            except ValueError as exc:
+                derived = "" if self.allowed_uri_prefixes is not None else " (derived from source.paths; set it)"
+                raise ValueError(f"source.allowed_uri_prefixes{derived}: {exc}") from None
+        return self
+
+    def uri_prefixes(self) -> list[str]:
+        """The prefixes in force: as configured, else each source directory (a file's parent)."""
+        if self.allowed_uri_prefixes is not None:
+            return list(self.allowed_uri_prefixes)
+        return list(dict.fromkeys(directory_of_source(path) for path in self.paths))
 
 
 class ModelConfig(StrictModel):
@@ -148,7 +180,17 @@ class JobConfig(StrictModel):
     resources: ResourcesConfig = ResourcesConfig()
     storage: StorageConfig = StorageConfig()
     dedup: DedupConfig = DedupConfig()
-    run_id: str | None = None
+    run_id: str | None = Field(default=None, description="Letters, digits, `.`, `_`, `-`; null = generated")
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id_is_one_safe_name(cls, value: str | None) -> str | None:
+        if value is not None and not RUN_ID_PATTERN.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a safe run id: 1-128 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
+        return value
 
 
 def _resolve_local(value: str, base: Path) -> str:
@@ -169,7 +211,11 @@ def resolve_relative_paths(data: dict, base: Path) -> dict:
         if isinstance(paths, str):
             paths = [paths]
         if isinstance(paths, list):
-            data["source"] = {**source, "paths": [_resolve_local(p, base) for p in paths]}
+            source = {**source, "paths": [_resolve_local(p, base) for p in paths]}
+        prefixes = source.get("allowed_uri_prefixes")
+        if isinstance(prefixes, list):
+            source = {**source, "allowed_uri_prefixes": [_resolve_local(p, base) for p in prefixes]}
+        data["source"] = source
     sink = data.get("sink")
     if isinstance(sink, dict) and isinstance(sink.get("uri"), str):
         data["sink"] = {**sink, "uri": _resolve_local(sink["uri"], base)}

@@ -43,6 +43,8 @@ class ErrorCode(StrEnum):
     MISSING_CONTENT = "missing_content"
     IMAGE_TOO_LARGE = "image_too_large"
     IMAGE_DECODE_FAILED = "image_decode_failed"
+    IMAGE_BAD_ASPECT = "image_bad_aspect"
+    URI_NOT_ALLOWED = "uri_not_allowed"
     URI_NOT_FOUND = "uri_not_found"
     URI_UNREADABLE = "uri_unreadable"
     DUPLICATE_ID = "duplicate_id"

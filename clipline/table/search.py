@@ -20,7 +20,8 @@ import pyarrow.compute as pc
 
 from clipline.models.loader import ClipBundle, load_clip
 from clipline.models.zero_shot import encode_pixels, encode_texts
-from clipline.operators.decode import RowFailure, decode_image, fetch_bytes
+from clipline.operators.decode import RowFailure, decode_image
+from clipline.operators.uri_policy import read_trusted
 from clipline.schemas.storage import StorageConfig
 from clipline.table.maintain import ProbeSettings, probe_settings
 from clipline.table.store import ClipTable, sql_literal
@@ -96,9 +97,12 @@ def embed_image(bundle: ClipBundle, data: bytes) -> np.ndarray:
 
 
 def read_image(path_or_uri: str, storage: StorageConfig | None = None) -> bytes:
-    """Query image bytes from a local path or any fsspec URL (s3:// with the table's storage settings)."""
+    """Query image bytes from a local path, `file://` or s3:// (with the table's storage settings).
+
+    The operator typed the path, so no allowlist applies; the byte cap and regular-file check do.
+    """
     try:
-        return fetch_bytes(path_or_uri, MAX_QUERY_IMAGE_BYTES, storage or StorageConfig())
+        return read_trusted(path_or_uri, MAX_QUERY_IMAGE_BYTES, storage or StorageConfig())
     except RowFailure as exc:
         raise ValueError(f"query image: {exc.message}") from exc
 

@@ -20,7 +20,7 @@ NOT_UTF8 = [b"valid text", b"caf\xe9 au lait", b"\xff\xfe\x00broken"]
 
 
 def write_corpus(tmp_path):
-    corpus = cases(missing_uri=str(tmp_path / "missing.png"))
+    corpus = cases(missing_uri=str(tmp_path / "in" / "missing.png"))  # inside the allowed input directory
     rows = [{"id": case.kind, **case.row, "kind": case.kind} for case in corpus]
     schema = pa.schema(
         [

@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from clipline.operators.read import plan_input_files
+from clipline.pipelines.run import prepare
 from clipline.schemas.base import ConfigError
-from clipline.schemas.config import ColumnsConfig, ModelConfig
+from clipline.schemas.config import ColumnsConfig, JobConfig, ModelConfig
 from clipline.schemas.storage import StorageConfig
 from clipline.schemas.table import output_schema
 from clipline.table.store import ClipTable
@@ -95,3 +96,18 @@ def test_other_model_into_existing_table_is_refused_before_any_work(tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert "table 'media' holds vectors of model 'clipline-tiny', this run writes 'ViT-B-32'" in result.stderr
     assert "Started a local Ray" not in result.stderr
+
+
+def test_missing_remote_checkpoint_is_named_before_the_cluster_starts(s3_endpoint, s3_bucket, tmp_path):
+    """`prepare` is the run's driver-side planning, before any Ray call: it checks the checkpoint."""
+    pq.write_table(pa.table({"text": ["a star"]}), tmp_path / "in.parquet")
+    config = JobConfig.model_validate(
+        {
+            "source": {"paths": [str(tmp_path / "in.parquet")]},
+            "model": {"checkpoint": f"s3://{s3_bucket}/models/missing.safetensors"},
+            "sink": {"uri": str(tmp_path / "db")},
+            "storage": {"endpoint_url": s3_endpoint, "region": "us-east-1"},
+        }
+    )
+    with pytest.raises(ConfigError, match=f"model.checkpoint: no such file s3://{s3_bucket}/models/missing"):
+        prepare(config)

@@ -16,6 +16,7 @@ import pyarrow.fs
 import pytest
 import yaml
 
+from clipline.pipelines.ledger import InputChanged
 from clipline.pipelines.run import run_job
 from clipline.pipelines.summary import RunOptions
 from clipline.schemas.config import JobConfig
@@ -141,7 +142,7 @@ def test_driver_killed_after_fragments_are_written_leaves_the_table_unchanged(ra
 
 def test_retry_failed_reprocesses_only_failed_rows_under_their_ids(ray_local, tmp_path):
     (tmp_path / "in").mkdir()
-    later = tmp_path / "late.png"
+    later = tmp_path / "in" / "late.png"  # beside the input: under the default allowed prefix
     rows = [*image_rows("r", 5), {"id": "late", "image_uri": str(later)}, {"id": "bad", "image": b"not an image"}]
     write_parquet(rows, tmp_path / "in" / "r.parquet")
     first = run_job(local_job(tmp_path))
@@ -159,6 +160,18 @@ def test_retry_failed_reprocesses_only_failed_rows_under_their_ids(ray_local, tm
     assert after["late"]["run_id"] == retry.run_id
 
 
+def test_retry_failed_refuses_a_file_changed_since_it_was_recorded(ray_local, tmp_path):
+    """Failed rows are found again by position: a rewritten file would give the wrong rows."""
+    (tmp_path / "in").mkdir()
+    path = tmp_path / "in" / "r.parquet"
+    write_parquet([*image_rows("c", 3), {"id": "bad", "image": b"not an image"}], path)
+    run_job(local_job(tmp_path))
+    write_parquet([{"id": "other", "image": b"still not an image"}, *image_rows("c", 3)], path)  # rows moved
+    with pytest.raises(InputChanged, match=str(path)):
+        run_job(local_job(tmp_path), RunOptions(retry_failed=True))
+    assert {row["id"] for row in table_rows(str(tmp_path / "db"))} == {"c-0", "c-1", "c-2", "bad"}
+
+
 def test_transient_s3_errors_are_retried_and_nothing_is_lost(ray_local, s3_endpoint, s3_bucket):
     proxy = FlakyS3Proxy(s3_endpoint, every=5).start()
     try:
@@ -166,10 +179,12 @@ def test_transient_s3_errors_are_retried_and_nothing_is_lost(ray_local, s3_endpo
         for part in range(3):
             write_parquet(image_rows(f"s{part}", 10, seed=part), f"{s3_bucket}/in/s{part}.parquet", filesystem)
         boto3.client("s3", endpoint_url=s3_endpoint).put_object(
-            Bucket=s3_bucket, Key="img/one.png", Body=png_bytes("cross", "green", seed=1)
+            Bucket=s3_bucket, Key="in/img/one.png", Body=png_bytes("cross", "green", seed=1)
         )
         write_parquet(
-            [{"id": "via-uri", "image_uri": f"s3://{s3_bucket}/img/one.png"}], f"{s3_bucket}/in/uri.parquet", filesystem
+            [{"id": "via-uri", "image_uri": f"s3://{s3_bucket}/in/img/one.png"}],
+            f"{s3_bucket}/in/uri.parquet",
+            filesystem,
         )
         storage = {"endpoint_url": proxy.endpoint, "region": "us-east-1"}
         config = JobConfig.model_validate(

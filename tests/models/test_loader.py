@@ -1,14 +1,29 @@
-"""The production loader: bundled tiny CLIP, a local checkpoint file, and hub-tag validation."""
+"""The production loader: bundled tiny CLIP, checkpoint files (local, and s3:// fetched concurrently), hub tags."""
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import boto3
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
-from clipline.models.loader import TINY_WEIGHTS, check_weights_source, image_size_for, load_clip, weights_argument
+from clipline.models.loader import (
+    TINY_WEIGHTS,
+    cached_checkpoint,
+    check_weights_source,
+    fetch_checkpoint,
+    image_size_for,
+    load_clip,
+    weights_argument,
+)
 from clipline.models.zero_shot import encode_texts
 from clipline.schemas.config import ModelConfig
+from clipline.schemas.storage import StorageConfig
 
 MAX_WEIGHTS_BYTES = 10 * 1024 * 1024
 
@@ -62,3 +77,35 @@ def test_random_weights_are_the_same_in_every_load():
     assert torch.equal(torch.rand(1), before)  # the caller's random stream is left as it was
     bundled = load_clip(ModelConfig()).model.state_dict()
     assert not torch.equal(first["text_projection"], bundled["text_projection"])
+
+
+def test_concurrent_downloads_of_one_checkpoint_never_give_a_corrupt_file(s3_endpoint, s3_bucket, tmp_path):
+    """Several actors on one node fetch the same remote checkpoint at once into one cache.
+
+    Each reads back what it would load; a torn or interleaved file fails the header or the hash.
+    """
+    boto3.client("s3", endpoint_url=s3_endpoint).upload_file(str(TINY_WEIGHTS), s3_bucket, "models/tiny.safetensors")
+    uri = f"s3://{s3_bucket}/models/tiny.safetensors"
+    storage = StorageConfig(endpoint_url=s3_endpoint, region="us-east-1")
+    expected = hashlib.sha256(TINY_WEIGHTS.read_bytes()).hexdigest()
+    barrier = threading.Barrier(4)
+
+    def fetch_and_read_back() -> tuple[str, int]:
+        barrier.wait()
+        path = fetch_checkpoint(uri, tmp_path, storage)
+        with safe_open(str(path), framework="pt") as weights:
+            names = list(weights.keys())
+        return hashlib.sha256(path.read_bytes()).hexdigest(), len(names)
+
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = [future.result() for future in [pool.submit(fetch_and_read_back) for _ in range(4)]]
+    assert {digest for digest, _ in outcomes} == {expected} and min(count for _, count in outcomes) > 0
+    assert list((tmp_path / "checkpoints").iterdir()) == [cached_checkpoint(uri, tmp_path)]  # no partial left
+
+
+def test_remote_checkpoint_is_checked_on_the_driver(s3_endpoint, s3_bucket):
+    storage = StorageConfig(endpoint_url=s3_endpoint, region="us-east-1")
+    boto3.client("s3", endpoint_url=s3_endpoint).upload_file(str(TINY_WEIGHTS), s3_bucket, "models/tiny.safetensors")
+    check_weights_source(ModelConfig(checkpoint=f"s3://{s3_bucket}/models/tiny.safetensors"), storage)
+    with pytest.raises(ValueError, match=f"model.checkpoint: no such file s3://{s3_bucket}/models/nope.pt"):
+        check_weights_source(ModelConfig(checkpoint=f"s3://{s3_bucket}/models/nope.pt"), storage)

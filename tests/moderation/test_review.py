@@ -12,11 +12,12 @@ from PIL import Image
 
 from clipline.jobs.cli import main
 from clipline.moderation.rescore import rescore
-from clipline.moderation.review import ReviewError, apply_decisions, export_queue, model_decision
+from clipline.moderation.review import ReviewError, apply_decisions, export_queue, id_from_cell, model_decision
 from clipline.schemas.policy import Policy, write_policy
 from clipline.table.store import ClipTable
 from tests.moderation.test_calibrate import labelled_rows
 from tests.pipelines.inputs import png_bytes, write_parquet
+from tests.reports.synthetic import write_run
 from tests.tables import demo_policy, ingest
 
 # The tables these tests read are committed by the run's tail, which runs as Ray tasks.
@@ -189,3 +190,35 @@ def test_cli_export_and_apply(workdir, capsys):
     bad_where = ["review", "export", "--db", db, "--table", "media", "--out", str(queue_path), "--where", "nope = 1"]
     assert main(bad_where) == 2
     assert "--where 'nope = 1'" in capsys.readouterr().err
+
+
+def test_export_neutralises_formula_cells_and_apply_reads_the_ids_back(tmp_path):
+    """Ids, captions and URIs come from uploads: none may start a spreadsheet formula."""
+    cross = {"star": 0.01, "cross": 0.7, "red": 0.05, "blue": 0.9}  # in review, not blocked
+    hostile_ids = ['=HYPERLINK("http://x")', "+1+1", "-2", "@SUM(A1)", "\tTAB", "\rCR", "'quoted", "plain"]
+    rows = [
+        {"id": row_id, "text": f"=cmd|' /C calc'!A{index}", "image": png_bytes("cross", "blue", index), "scores": cross}
+        for index, row_id in enumerate(hostile_ids)
+    ]
+    write_run(tmp_path / "db", tmp_path / "in", "run-csv", rows)
+    db = str(tmp_path / "db")
+    export_queue(db, "media", tmp_path / "queue.csv", thumbnails=False)
+    with (tmp_path / "queue.csv").open(newline="") as handle:
+        cells = [cell for row in csv.reader(handle) for cell in row]
+    assert not any(cell.startswith(("=", "+", "-", "@", "\t", "\r")) for cell in cells)
+    queue = read_csv(tmp_path / "queue.csv")
+    assert {row["id"] for row in queue} == {"'" + row_id for row_id in hostile_ids[:-1]} | {"plain"}
+    assert all(row["text"].startswith("'=cmd") for row in queue)
+
+    # a tool that keeps the marker, and one that drops it (as a spreadsheet saving text cells does)
+    dropping = {'=HYPERLINK("http://x")', "-2", "'quoted", "plain"}
+    decisions = [
+        {"id": id_from_cell(row["id"]), "override_decision": "block"}
+        if id_from_cell(row["id"]) in dropping
+        else {"id": row["id"], "override_decision": "allow"}
+        for row in queue
+    ]
+    assert sum(decision["id"] in dropping for decision in decisions) == len(dropping)
+    apply_decisions(db, "media", write_csv(tmp_path / "d.csv", decisions), reviewer="dana")
+    decided = {row_id: row["override_decision"] for row_id, row in table_rows(db).items()}
+    assert decided == {row_id: "block" if row_id in dropping else "allow" for row_id in hostile_ids}

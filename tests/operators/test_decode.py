@@ -126,27 +126,47 @@ def test_operator_gives_every_row_an_outcome(tmp_path):
     good = encode(asymmetric(), "JPEG")
     batch = pa.table(
         {
-            "id": ["given", None, None, None, None, None, None],
-            "image": [good, None, None, b"garbage", None, None, None],
-            "image_uri": [None, str(on_disk), None, None, str(tmp_path / "missing.png"), "nosuch://x/y.png", None],
-            "text": ["a caption", None, "only text", None, None, None, ""],
-            "source": [f"f.parquet#{i}" for i in range(7)],
+            "id": ["given", None, None, None, None, None, None, None, None],
+            "image": [good, None, None, b"garbage", None, None, None, None, None],
+            "image_uri": [
+                None,
+                str(on_disk),
+                None,
+                None,
+                str(tmp_path / "missing.png"),
+                "nosuch://x/y.png",
+                None,
+                None,
+                "/etc/hostname",
+            ],
+            "text": ["a caption", None, "only text", None, None, None, "", " \t\n ", None],
+            "source": [f"f.parquet#{i}" for i in range(9)],
         }
     )
-    out = DecodeImages(image_size=SIZE, max_pixels=LIMIT, max_bytes=10**7)(batch)
+    out = DecodeImages(image_size=SIZE, max_pixels=LIMIT, max_bytes=10**7, uri_prefixes=[str(tmp_path)])(batch)
     assert out.num_rows == batch.num_rows
     assert "image" not in out.column_names
     rows = out.to_pylist()
-    assert [row["status"] for row in rows] == ["ok", "ok", "ok", "failed", "failed", "failed", "failed"]
+    assert [row["status"] for row in rows] == ["ok"] * 3 + ["failed"] * 6
     assert [row["error_code"] for row in rows[3:]] == [
         "image_decode_failed",
         "uri_not_found",
-        "uri_unreadable",
+        "uri_not_allowed",
         "missing_content",
+        "missing_content",
+        "uri_not_allowed",
     ]
     assert rows[0]["id"] == "given"
     assert rows[1]["id"] == rows[1]["content_sha256"]
-    assert len({row["id"] for row in rows}) == 7
+    assert len({row["id"] for row in rows}) == 9
     assert len(rows[0]["pixels"]) == SIZE * SIZE * 3
     assert rows[2]["pixels"] is None and rows[3]["pixels"] is None
     assert rows[4]["error_message"].endswith("does not exist")
+
+
+def test_image_uri_is_refused_without_allowed_prefixes(tmp_path):
+    on_disk = tmp_path / "good.png"
+    asymmetric().save(on_disk)
+    batch = pa.table({"image_uri": [str(on_disk)], "source": ["f.parquet#0"]})
+    row = DecodeImages(image_size=SIZE, max_pixels=LIMIT, max_bytes=10**7)(batch).to_pylist()[0]
+    assert (row["status"], row["error_code"], row["content_sha256"]) == ("failed", "uri_not_allowed", None)

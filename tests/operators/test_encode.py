@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from clipline.models.zero_shot import encode_images
+from clipline.models.zero_shot import MAX_CHARS_PER_TOKEN, encode_images, encode_texts, over_context
 from clipline.operators.base import WorkerState
 from clipline.operators.decode import DecodeImages
 from clipline.operators.encode import EncodeClip, torch_threads_for
@@ -80,3 +80,36 @@ def test_text_over_the_context_length_is_flagged_not_failed(encoder):
     assert out.column("flags").to_pylist() == [["text_truncated"], None]
     assert out.column("status").to_pylist() == ["ok", "ok"]
     assert out.column("text_embedding").null_count == 0
+
+
+def test_blank_captions_are_not_embedded(encoder):
+    out = encoder(decoded_batch([asymmetric(), None], [" \t\n", "\u2003 "]))
+    assert out.column("status").to_pylist() == ["ok", "failed"]
+    assert out.column("error_code").to_pylist() == [None, "missing_content"]
+    assert out.column("image_embedding").null_count == 1
+    assert out.column("text_embedding").null_count == 2
+    assert out.column("clip_score").to_pylist() == [None, None]
+
+
+def test_a_caption_of_megabytes_is_cut_before_tokenizing_and_stored_whole(encoder):
+    bundle = encoder.bundle
+    cut_at = bundle.context_length * MAX_CHARS_PER_TOKEN
+    huge = "a red star on a blue background " * (4 * 1024 * 1024 // 32)  # 4 MB
+    seen: list[int] = []
+    original = bundle.tokenizer
+
+    def measuring_tokenizer(texts, *args, **kwargs):
+        seen.extend(len(text) for text in texts)
+        return original(texts, *args, **kwargs)
+
+    object.__setattr__(bundle, "tokenizer", measuring_tokenizer)
+    try:
+        out = encoder(decoded_batch([None], [huge]))
+    finally:
+        object.__setattr__(bundle, "tokenizer", original)
+    assert seen and max(seen) <= cut_at
+    assert out.column("flags").to_pylist() == [["text_truncated"]]
+    assert out.column("text").to_pylist() == [huge]  # the stored text stays whole
+    whole = encode_texts(bundle, [huge[:cut_at]])[0]
+    assert np.allclose(out.column("text_embedding").to_pylist()[0], whole, atol=1e-6)
+    assert over_context(bundle, [huge, huge[: cut_at // 4], "a star"]).tolist() == [True, True, False]

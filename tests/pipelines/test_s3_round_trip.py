@@ -26,7 +26,8 @@ def s3_filesystem(endpoint: str) -> pyarrow.fs.S3FileSystem:
 
 
 def upload_inputs(endpoint: str, bucket: str) -> int:
-    """Two parquet files (inline bytes; s3:// image URIs, one missing) and a checkpoint."""
+    """Two parquet files (inline bytes; s3:// image URIs, one missing, one outside the allowed prefix)
+    and a checkpoint."""
     client = boto3.client("s3", endpoint_url=endpoint)
     write_parquet(image_rows("inline", 12), f"{bucket}/in/inline.parquet", s3_filesystem(endpoint))
     uri_rows = []
@@ -35,6 +36,8 @@ def upload_inputs(endpoint: str, bucket: str) -> int:
         client.put_object(Bucket=bucket, Key=key, Body=png_bytes("star", "red", seed=index))
         uri_rows.append({"id": f"uri-{index}", "image_uri": f"s3://{bucket}/{key}", "text": None})
     uri_rows.append({"id": "uri-missing", "image_uri": f"s3://{bucket}/images/nope.png"})
+    client.put_object(Bucket=bucket, Key="private/secret.png", Body=png_bytes("star", "red", seed=99))
+    uri_rows.append({"id": "uri-outside", "image_uri": f"s3://{bucket}/private/secret.png"})
     write_parquet(uri_rows, f"{bucket}/in/nested/uris.parquet", s3_filesystem(endpoint))
     client.upload_file(str(TINY_WEIGHTS), bucket, "models/tiny.safetensors")
     return 12 + len(uri_rows)
@@ -43,7 +46,7 @@ def upload_inputs(endpoint: str, bucket: str) -> int:
 def job(endpoint: str, bucket: str, tmp_path) -> JobConfig:
     return JobConfig.model_validate(
         {
-            "source": {"paths": [f"s3://{bucket}/in/"]},
+            "source": {"paths": [f"s3://{bucket}/in/"], "allowed_uri_prefixes": [f"s3://{bucket}/images/"]},
             "model": {
                 "arch": "clipline-tiny",
                 "checkpoint": f"s3://{bucket}/models/tiny.safetensors",
@@ -61,7 +64,7 @@ def test_s3_in_and_out(ray_local, s3_endpoint, s3_bucket, tmp_path, capfd):
     config = job(s3_endpoint, s3_bucket, tmp_path)
     summary = run_job(config)
     assert summary.rows_in == summary.table_rows == rows_in
-    assert summary.failed_by_code == {"uri_not_found": 1}
+    assert summary.failed_by_code == {"uri_not_found": 1, "uri_not_allowed": 1}
 
     storage = StorageConfig(endpoint_url=s3_endpoint, region="us-east-1")
     db = lancedb.connect(f"s3://{s3_bucket}/db", storage_options=storage.lance_options(f"s3://{s3_bucket}/db"))

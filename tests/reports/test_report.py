@@ -12,6 +12,7 @@ from PIL import Image
 
 from clipline.reports import report_for_run, write_run_artifacts
 from clipline.reports.thumbnails import load_thumbnails, source_image_bytes
+from clipline.schemas.config import SourceConfig
 from clipline.schemas.storage import StorageConfig
 from tests.pipelines.inputs import png_bytes, write_parquet
 from tests.reports.synthetic import scored_rows, write_run
@@ -23,18 +24,20 @@ CROSS = {"star": 0.01, "cross": 0.7, "red": 0.05, "blue": 0.9}
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("report")
-    (tmp_path / "images").mkdir()
-    uri_image = tmp_path / "images" / "uri-star.png"
+    images = tmp_path / "in" / "images"  # under the input's directory: the default allowed prefix
+    images.mkdir(parents=True)
+    uri_image = images / "uri-star.png"
     uri_image.write_bytes(png_bytes("star", "blue", 7))
+    (tmp_path / "outside.png").write_bytes(png_bytes("star", "red", 8))
     rows = [
         *scored_rows(16, seed=3),
         {"id": "uri-star", "image_uri": str(uri_image), "scores": STAR},
         {"id": "text-cross", "text": "a cross <script>alert('x')</script> & more", "scores": CROSS},
-        {"id": "lost-uri", "image_uri": str(tmp_path / "images" / "gone.png"), "scores": STAR},
+        {"id": "lost-uri", "image_uri": str(images / "gone.png"), "scores": STAR},
+        {"id": "outside-uri", "image_uri": str(tmp_path / "outside.png"), "scores": STAR},
         {"id": "broken", "image": b"nope", "error_code": "image_decode_failed"},
     ]
     summary, config = write_run(tmp_path / "db", tmp_path / "in", "run-r", rows)
-    (tmp_path / "images" / "gone.png").unlink(missing_ok=True)
     artifacts = write_run_artifacts(summary, config)
     return {
         "tmp": tmp_path,
@@ -76,12 +79,14 @@ def test_flagged_rows_show_thumbnails_from_the_parquet_and_from_image_uri(report
     assert review.count('class="card review"') == decisions["review"]
     assert 'data-id="uri-star"' in blocked and 'data-id="lost-uri"' in blocked
     thumbnails = data_uris(page, "jpeg")
-    # Every flagged image row has a picture except the one whose image_uri is gone; the text row has none.
-    image_rows = decisions["block"] + decisions["review"] - 2
+    # Every flagged image row has a picture except the one whose image_uri is gone and the one
+    # outside the allowed prefixes (the report re-reads under the run's policy); the text row has none.
+    image_rows = decisions["block"] + decisions["review"] - 3
     assert len(thumbnails) == image_rows
     for data in thumbnails:
         assert max(Image.open(io.BytesIO(data)).size) <= 160
-    assert "does not exist" in page or "FileNotFoundError" in page
+    assert "uri_not_found" in page and "does not exist" in page
+    assert "uri_not_allowed" in page and 'data-id="outside-uri"' in blocked
     assert "text-only row" in review
 
 
@@ -111,7 +116,9 @@ def test_source_rows_are_read_from_their_row_group(tmp_path):
     assert "past the end" in problems[f"{path}#99"]
     assert "cannot read" in problems[f"{tmp_path}/missing.parquet#1"]
     assert problems["no-row-number"] == "source has no row number"
-    thumbs = load_thumbnails([{"id": "a", "source": f"{path}#9", "image_uri": None, "text": None}])
+    thumbs = load_thumbnails(
+        [{"id": "a", "source": f"{path}#9", "image_uri": None, "text": None}], SourceConfig(paths=[str(path)])
+    )
     pixel = Image.open(io.BytesIO(thumbs["a"].jpeg)).convert("RGB").getpixel((48, 48))
     assert pixel[2] > 150 and pixel[0] < 100  # row 9 is the blue one
 
@@ -121,5 +128,6 @@ def test_oversized_images_are_refused_before_decoding(tmp_path):
     Image.new("RGB", (400, 400), "red").save(big, format="PNG")
     (tmp_path / "big.png").write_bytes(big.getvalue())
     row = {"id": "big", "source": None, "image_uri": str(tmp_path / "big.png"), "text": None}
-    thumb = load_thumbnails([row], max_pixels=1000)["big"]
-    assert thumb.jpeg is None and "over 1000 pixels" in thumb.missing
+    source = SourceConfig(paths=[str(tmp_path / "in.parquet")], max_image_pixels=1000)
+    thumb = load_thumbnails([row], source)["big"]
+    assert thumb.jpeg is None and "image_too_large" in thumb.missing and "limit of 1000" in thumb.missing

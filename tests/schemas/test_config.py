@@ -116,3 +116,59 @@ def test_duplicate_category_names_are_refused(tmp_path):
     bad = {**GOOD_POLICY, "categories": [GOOD_POLICY["categories"][0]] * 2}
     with pytest.raises(ConfigError, match="duplicate category names"):
         load_policy(write(tmp_path, "p.yaml", bad))
+
+
+@pytest.mark.parametrize("run_id", ["../other", "a/b", "", " x", "x\n", ".hidden", "-flag", "x" * 129, "semi;colon"])
+def test_unsafe_run_ids_are_refused_naming_the_field(tmp_path, run_id):
+    with pytest.raises(ConfigError) as caught:
+        load_job_config(write(tmp_path, "job.yaml", {**GOOD_JOB, "run_id": run_id}))
+    assert "run_id" in str(caught.value) and "safe run id" in str(caught.value)
+
+
+def test_generated_and_plain_run_ids_are_accepted(tmp_path):
+    for run_id in ("20261122T102652Z-ff4ee257", "nightly.2026-11-22_a"):
+        assert load_job_config(write(tmp_path, "job.yaml", {**GOOD_JOB, "run_id": run_id})).run_id == run_id
+
+
+def test_allowed_uri_prefixes_default_to_the_source_directories(tmp_path):
+    source = {"paths": ["in/a.parquet", "more", "s3://bucket/x/y.parquet", "s3://bucket/dir", "s3://other/p/"]}
+    config = load_job_config(write(tmp_path, "job.yaml", {**GOOD_JOB, "source": source}))
+    assert config.source.allowed_uri_prefixes is None
+    assert config.source.uri_prefixes() == [
+        str(tmp_path / "in"),
+        str(tmp_path / "more"),
+        "s3://bucket/x/",
+        "s3://bucket/dir/",
+        "s3://other/p/",
+    ]
+
+
+def test_allowed_uri_prefixes_as_configured_relative_to_the_yaml(tmp_path):
+    source = {"paths": ["in/a.parquet"], "allowed_uri_prefixes": ["images", "s3://media/up/", "https://cdn.example/p/"]}
+    config = load_job_config(write(tmp_path, "job.yaml", {**GOOD_JOB, "source": source}))
+    assert config.source.uri_prefixes() == [str(tmp_path / "images"), "s3://media/up/", "https://cdn.example/p/"]
+    none = load_job_config(write(tmp_path, "job.yaml", {**GOOD_JOB, "source": {**source, "allowed_uri_prefixes": []}}))
+    assert none.source.uri_prefixes() == []
+
+
+@pytest.mark.parametrize(
+    "prefix", ["/", "/proc", "/dev/shm", "/data/../etc", "s3://bucket/no-slash", "ftp://host/x/", "http://u:p@h/x/"]
+)
+def test_bad_allowed_uri_prefixes_name_the_field(tmp_path, prefix):
+    source = {"paths": ["in/a.parquet"], "allowed_uri_prefixes": [prefix]}
+    with pytest.raises(ConfigError) as caught:
+        load_job_config(write(tmp_path, "job.yaml", {**GOOD_JOB, "source": source}))
+    assert "source.allowed_uri_prefixes" in str(caught.value)
+
+
+def test_max_image_aspect_is_checked(tmp_path):
+    assert load_job_config(write(tmp_path, "job.yaml", GOOD_JOB)).source.max_image_aspect == 20.0
+    with pytest.raises(ConfigError, match="source.max_image_aspect"):
+        load_job_config(write(tmp_path, "job.yaml", {**GOOD_JOB, "source": {"paths": ["a"], "max_image_aspect": 0.5}}))
+
+
+def test_a_source_at_the_root_cannot_allow_the_whole_machine(tmp_path):
+    with pytest.raises(ConfigError, match="derived from source.paths"):
+        load_job_config(write(tmp_path, "job.yaml", {**GOOD_JOB, "source": {"paths": ["/input.parquet"]}}))
+    source = {"paths": ["/input.parquet"], "allowed_uri_prefixes": []}
+    assert load_job_config(write(tmp_path, "job.yaml", {**GOOD_JOB, "source": source})).source.uri_prefixes() == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ import pytest
 from clipline.demo.shapes import COLOURS, SHAPES, caption, render
 from clipline.jobs.cli import main
 from clipline.table.maintain import maintain_table, probe_settings, vector_index
-from clipline.table.search import search_image, search_like, search_table, search_text, search_vector
+from clipline.table.search import read_image, search_image, search_like, search_table, search_text, search_vector
 from clipline.table.store import ClipTable
 from tests.pipelines.test_dedup import encoded, variant
 
@@ -148,6 +149,23 @@ def test_search_table_takes_exactly_one_query(shapes, tmp_path):
         search_table(shapes["uri"], "media", "a star", image=str(path))
     with pytest.raises(ValueError, match="does not exist"):
         search_table(shapes["uri"], "media", image=str(tmp_path / "missing.png"))
+
+
+@pytest.mark.timeout(30)
+def test_query_image_reads_are_capped_and_regular_files_only(tmp_path, monkeypatch):
+    """The operator's own path needs no allowlist, but /dev/zero or a FIFO must not hang the CLI."""
+    monkeypatch.setattr("clipline.table.search.MAX_QUERY_IMAGE_BYTES", 1000)
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\0" * 1001)
+    os.mkfifo(tmp_path / "fifo.png")
+    for path, message in [
+        ("/dev/zero", "not a local file"),
+        (str(tmp_path / "fifo.png"), "not a regular file"),
+        (str(big), "over 1000 bytes"),
+        ("http://127.0.0.1:9/x.png", "not a local file"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            read_image(path)
 
 
 def test_cli_search_by_image_like_and_text(shapes, tmp_path, capsys):
