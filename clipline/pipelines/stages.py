@@ -16,6 +16,7 @@ from clipline.operators.classify import ClassifyPolicy
 from clipline.operators.decode import DecodeImages
 from clipline.operators.encode import EncodeClip, torch_threads_for
 from clipline.operators.read import ReadRowGroups
+from clipline.operators.thumbnail import FrameThumbnail
 from clipline.schemas.config import JobConfig, ResourcesConfig
 from clipline.schemas.policy import Policy
 from clipline.table.store import Sidecars
@@ -57,6 +58,7 @@ def run_stages(config: JobConfig, policy: Policy | None, encoders: EncoderPlan |
             source.max_image_bytes,
             config.storage,
             decode_resources,
+            extras=[FrameThumbnail()] if config.sink.thumbnails else [],
         ),
         EncodeClip(config.model, cpus=encoders.threads, storage=config.storage, resources=model_resources),
     ]

@@ -114,6 +114,9 @@ class SinkConfig(StrictModel):
     claim_ttl_hours: float = Field(
         default=6.0, gt=0, description="After this long, a crashed run's claim on an input file is taken over"
     )
+    thumbnails: bool = Field(
+        default=True, description="Keep a small WebP of each image in the `thumbnail` column (a few KB a row)"
+    )
 
 
 class DedupConfig(StrictModel):
