@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from clipline.jobs import moderation_cli, report_cli, search_cli, table_cli
+from clipline.jobs import moderation_cli, report_cli, search_cli, serve_cli, table_cli
 from clipline.jobs.output import emit
 from clipline.jobs.run import add_run_arguments, options_from_args, run_from_file
 
 # Verbs that work on an existing table live in their own modules, each with `register(verbs)`.
-VERB_MODULES = (search_cli, report_cli, moderation_cli, table_cli)
+VERB_MODULES = (search_cli, report_cli, moderation_cli, table_cli, serve_cli)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
