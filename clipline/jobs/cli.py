@@ -26,7 +26,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     summary = run_demo(args.out, address=args.address)
     emit(summary, as_json=False)
-    print(f"\nsearch it:  clipline search --db {summary.table_uri} --table {summary.table} --text 'a red star'")
+    table = f"--db {summary.table_uri} --table {summary.table}"
+    print(f"\nsearch it:  clipline search {table} --text 'a red star'")
+    print(f"browse and review it:  clipline serve {table}    (then open http://127.0.0.1:8000/)")
     return 0
 
 
