@@ -29,7 +29,6 @@ from starlette.datastructures import UploadFile as FormFile  # what `request.for
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from clipline.moderation.queue import QueueOrder
-from clipline.moderation.review import ReviewError
 from clipline.serve.access import SAFE_METHODS, SESSION_COOKIE, TOKEN_COOKIE, Access, Identity, Refused
 from clipline.serve.filters import FilterError, ScoreRange, SearchFilters
 from clipline.serve.service import MAX_K, SearchQuery, Service
@@ -204,7 +203,7 @@ def identity(request: Request) -> Identity:
     return request.state.identity
 
 
-def create_app(settings: ServeSettings, service_factory: Callable[[], Service] | None = None) -> FastAPI:
+def create_app(settings: ServeSettings) -> FastAPI:
     """The ASGI app; the table and the model are opened in its lifespan (once per server process)."""
     settings.check()
     access = Access(settings)
@@ -212,8 +211,7 @@ def create_app(settings: ServeSettings, service_factory: Callable[[], Service] |
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        make = service_factory or (lambda: Service(settings.db, settings.table, settings.storage, settings.lease_s))
-        app.state.service = make()
+        app.state.service = Service(settings.db, settings.table, settings.storage, settings.lease_s)
         yield
 
     app = FastAPIOffline(
@@ -272,9 +270,9 @@ def create_app(settings: ServeSettings, service_factory: Callable[[], Service] |
         response.headers.setdefault("X-Frame-Options", "DENY")
         return response
 
-    @app.exception_handler(FilterError)
-    @app.exception_handler(ReviewError)
+    @app.exception_handler(ValueError)
     async def user_error(request: Request, exc: ValueError) -> Response:
+        """A filter, a row id, an upload or a decision that cannot be used (FilterError, ReviewError, ...)."""
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
     # ------------------------------------------------------------------ pages
@@ -319,19 +317,23 @@ def create_app(settings: ServeSettings, service_factory: Callable[[], Service] |
     async def image_search_page(request: Request, svc: Annotated[Service, Depends(service)]) -> HTMLResponse:
         form = await request.form()
         upload = form.get("image")
-        chosen = isinstance(upload, FormFile) and bool(upload.filename)
-        query = form_search_params(form, await read_upload(upload) if chosen else b"")
-        return render_search(request, svc, query, upload.filename if chosen else None)
+        if not (isinstance(upload, FormFile) and upload.filename):
+            return render_search(request, svc, form_search_params(form, b""), None, "choose an image to search with")
+        try:
+            image = await read_upload(upload)
+        except FilterError as exc:
+            return render_search(request, svc, form_search_params(form, b""), upload.filename, str(exc))
+        return render_search(request, svc, form_search_params(form, image), upload.filename)
 
-    def render_search(request: Request, svc: Service, query: SearchQuery, upload: str | None) -> HTMLResponse:
-        error, rows = None, []
-        if query.image is not None and not query.image:
-            error = "choose an image to search with"
-        else:
+    def render_search(
+        request: Request, svc: Service, query: SearchQuery, upload: str | None, error: str | None = None
+    ) -> HTMLResponse:
+        rows = []
+        if error is None:
             try:
                 rows = svc.with_thumbnails(svc.search(query))
-            except Exception as exc:  # a bad `where`, an unknown id, an undecodable upload: said on the page
-                error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)
+            except ValueError as exc:  # a bad filter, an unknown row id, an undecodable upload: said on the page
+                error = str(exc)
         filters = query.filters
         return page(
             request,

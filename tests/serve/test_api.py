@@ -78,6 +78,9 @@ def test_filters_narrow_the_results(client, table_copy):
     bad = client.get("/api/search", params={"q": "x", "where": "no_such_column = 1"})
     assert bad.status_code == 400 and "no_such_column" in bad.json()["detail"]
     assert client.get("/api/search", params={"decision": "maybe"}).status_code == 400
+    assert client.get("/api/search", params={"like": "no-such-row"}).status_code == 400
+    page = client.get("/", params={"q": "x", "where": "no_such_column = 1"})
+    assert page.status_code == 200 and re.search(r'class="error"[^>]*>[^<]*no_such_column', page.text)
 
 
 def test_an_uploaded_image_finds_its_original_first_and_more_like_this_skips_the_row(client, demo):
