@@ -16,7 +16,7 @@ from PIL import Image
 
 THUMBNAIL_PX = 160
 WEBP_QUALITY = 75
-# libwebp's effort 0-6: 2 is within 5 % of 4's (the default) size at half its time on photos.
+# libwebp's effort 0-6: on photos 2 gives files 2-3 % larger than 4 (the default), 2-3 times faster.
 WEBP_METHOD = 2
 
 
