@@ -71,6 +71,7 @@ class TableShape:
     categories: list[str]
     score_positions: int
     settings: ProbeSettings
+    columns: list[str]  # the card columns the table has (one older than the thumbnail column has none)
 
 
 def scores_shape(table: ClipTable) -> tuple[list[str], int]:
@@ -111,7 +112,9 @@ class Service:
 
     def _read_shape(self) -> TableShape:
         categories, positions = scores_shape(self.table)
-        return TableShape(self.table.lance.version, categories, positions, probe_settings(self.table.lance))
+        names = set(self.table.lance.schema.names)
+        columns = [name for name in CARD_COLUMNS if name in names]
+        return TableShape(self.table.lance.version, categories, positions, probe_settings(self.table.lance), columns)
 
     def fresh(self) -> TableShape:
         """See other processes' commits (runs, other servers) within REFRESH_S; re-read the shape on change."""
@@ -122,11 +125,6 @@ class Service:
                 if self.table.lance.version != self.shape.version:
                     self.shape = self._read_shape()
             return self.shape
-
-    @property
-    def columns(self) -> list[str]:
-        names = set(self.table.lance.schema.names)  # a table older than the thumbnail column has none
-        return [name for name in CARD_COLUMNS if name in names]
 
     # ------------------------------------------------------------------ search
 
@@ -147,7 +145,7 @@ class Service:
         vector = self.query_vector(query)
         try:
             if vector is None:
-                scan = self.table.lance.search().select(self.columns).limit(k)
+                scan = self.table.lance.search().select(shape.columns).limit(k)
                 rows = (scan.where(where) if where else scan).to_arrow()
                 rows = rows.append_column("score", pa.nulls(rows.num_rows, pa.float32()))
             else:
@@ -156,7 +154,7 @@ class Service:
                     vector,
                     k,
                     where,
-                    columns=self.columns,
+                    columns=shape.columns,
                     exclude_id=query.like,
                     settings=shape.settings,
                 )
@@ -191,7 +189,7 @@ class Service:
         return rows
 
     def thumbnail(self, row_id: str) -> bytes | None:
-        if "thumbnail" not in self.table.lance.schema.names:
+        if "thumbnail" not in self.fresh().columns:
             return None
         rows = self.table.rows_by_ids([row_id], ["id", "thumbnail"]).to_pylist()
         return rows[0]["thumbnail"] if rows else None
@@ -200,9 +198,9 @@ class Service:
 
     def queue(self, reviewer: str, order: QueueOrder, include_block: bool, size: int) -> list[dict]:
         """The reviewer's leased page of the queue, as rows for cards."""
-        self.fresh()
+        shape = self.fresh()
         ids = lease_page(self.table, self.leases, reviewer, size, order, include_block, skipped=self.skipped[reviewer])
-        found = {row["id"]: row for row in self.table.rows_by_ids(ids, self.columns).to_pylist()}
+        found = {row["id"]: row for row in self.table.rows_by_ids(ids, shape.columns).to_pylist()}
         return [found[row_id] for row_id in ids if row_id in found]
 
     def decide(self, reviewer: str, decisions: list[tuple[str, str, str | None]], source: str) -> dict:

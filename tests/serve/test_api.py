@@ -8,6 +8,7 @@ import lancedb
 import pytest
 from fastapi.testclient import TestClient
 
+from clipline.jobs.cli import main
 from clipline.moderation.review_log import ReviewLog
 from clipline.serve.app import create_app
 from clipline.serve.settings import ServeConfigError, ServeSettings, parse_tokens
@@ -178,3 +179,12 @@ def test_the_api_is_documented_offline_and_runs_link_their_reports(client):
     report = client.get(f"/runs/{RUN_ID}/report")
     assert report.status_code == 200 and "default-src 'none'" in report.headers["content-security-policy"]
     assert client.get("/runs/nope/report").status_code == 404
+
+
+def test_the_serve_verb_refuses_an_open_bind_before_opening_anything(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("CLIPLINE_SERVE_TOKENS", raising=False)
+    base = ["serve", "--db", str(tmp_path / "nowhere"), "--table", "media"]
+    assert main([*base, "--host", "0.0.0.0"]) == 2
+    assert "add --auth token" in capsys.readouterr().err
+    assert main([*base, "--host", "0.0.0.0", "--auth", "token"]) == 2
+    assert "CLIPLINE_SERVE_TOKENS" in capsys.readouterr().err
