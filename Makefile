@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.clipline-installed
 
 .PHONY: demo test lint
 
-$(INSTALLED): pyproject.toml constraints.txt
+$(INSTALLED): pyproject.toml setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -c constraints.txt -e ".[dev]"
 	touch $(INSTALLED)

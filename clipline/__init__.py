@@ -16,6 +16,7 @@ Where things live, in the order data flows (a room imports only rooms listed bef
 - `moderation/` calibrate thresholds, rescore from stored embeddings, trained heads, human review.
 - `reports/`    run manifests and the HTML report (read the run summary, never the run).
 - `demo/`       the shapes world, the tiny CLIP's trainer and bundled weights, `clipline demo`.
+- `serve/`      `clipline serve`: the web page and JSON API (search, review queue, run history).
 - `jobs/`       the CLI verbs and `python -m clipline.jobs.run` for `ray job submit`.
 """
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from clipline.jobs import moderation_cli, report_cli, search_cli, table_cli
+from clipline.jobs import moderation_cli, report_cli, search_cli, serve_cli, table_cli
 from clipline.jobs.output import emit
 from clipline.jobs.run import add_run_arguments, options_from_args, run_from_file
 
 # Verbs that work on an existing table live in their own modules, each with `register(verbs)`.
-VERB_MODULES = (search_cli, report_cli, moderation_cli, table_cli)
+VERB_MODULES = (search_cli, report_cli, moderation_cli, table_cli, serve_cli)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -26,7 +26,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     summary = run_demo(args.out, address=args.address)
     emit(summary, as_json=False)
-    print(f"\nsearch it:  clipline search --db {summary.table_uri} --table {summary.table} --text 'a red star'")
+    table = f"--db {summary.table_uri} --table {summary.table}"
+    print(f"\nsearch it:  clipline search {table} --text 'a red star'")
+    print(f"browse and review it:  clipline serve {table}    (then open http://127.0.0.1:8000/)")
     return 0
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-import fsspec
-
 from clipline.jobs.table_args import add_table_arguments, storage_from_args, user_errors
 
 
 @user_errors()
 def cmd_report(args: argparse.Namespace) -> int:
+    import fsspec
+
     from clipline.reports import report_for_run
 
     storage = storage_from_args(args)

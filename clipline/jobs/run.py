@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from clipline.jobs.output import emit
-from clipline.pipelines.summary import RunOptions, RunSummary
-from clipline.schemas.base import ConfigError
-from clipline.schemas.config import JobConfig, load_job_config
-from clipline.schemas.table import TableMismatch
+
+if TYPE_CHECKING:  # `clipline --help` builds this module's parser: it must not import pyarrow or pydantic
+    from clipline.pipelines.summary import RunOptions, RunSummary
+    from clipline.schemas.config import JobConfig
 
 
 def run_and_record(config: JobConfig, options: RunOptions | None = None) -> RunSummary:
@@ -28,6 +29,9 @@ def run_and_record(config: JobConfig, options: RunOptions | None = None) -> RunS
 def run_from_file(config_path: str, options: RunOptions, as_json: bool = False) -> int:
     """Shared by `clipline run` and this module's entrypoint; returns a process exit code."""
     from clipline.pipelines.ledger import InputChanged  # the ledger imports LanceDB: not at `--help`
+    from clipline.schemas.base import ConfigError
+    from clipline.schemas.config import load_job_config
+    from clipline.schemas.table import TableMismatch
 
     try:
         summary = run_and_record(load_job_config(config_path), options)
@@ -54,6 +58,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> RunOptions:
+    from clipline.pipelines.summary import RunOptions
+
     return RunOptions(address=args.address, full=args.full, retry_failed=args.retry_failed)
 
 

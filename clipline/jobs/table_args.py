@@ -8,9 +8,8 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from clipline.schemas.storage import StorageConfig
-
-if TYPE_CHECKING:  # LanceDB is imported by the verbs that open a table, not by `clipline --help`
+if TYPE_CHECKING:  # LanceDB (and pydantic) are imported by the verbs that run, not by `clipline --help`
+    from clipline.schemas.storage import StorageConfig
     from clipline.table.store import ClipTable
 
 USER_ERROR = 2
@@ -54,6 +53,8 @@ def add_table_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def storage_from_args(args: argparse.Namespace) -> StorageConfig:
+    from clipline.schemas.storage import StorageConfig
+
     return StorageConfig(
         endpoint_url=args.endpoint_url, region=args.region, profile=args.profile, anonymous=args.anonymous
     )

@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import open_clip
 import torch
+from open_clip.transformer import text_global_pool
 from PIL import Image
 
 from clipline.models.loader import ClipBundle
@@ -28,8 +30,47 @@ def tokenizer_input(bundle: ClipBundle, text: str) -> str:
     return text[: bundle.context_length * MAX_CHARS_PER_TOKEN]
 
 
+TRIMMABLE_POOLS = ("argmax", "eos")
+
+
 def _normalise(features: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(features.float(), dim=-1)
+
+
+def _pooled_positions(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Where each text's features are pooled from: its end-of-text token."""
+    if model.text_pool_type == "argmax":
+        return tokens.argmax(dim=-1)
+    return (tokens == model.text_eos_id).int().argmax(dim=-1)
+
+
+def encode_text_tokens(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """`model.encode_text(tokens)`, run only up to the last end-of-text token of the batch.
+
+    The tokenizer pads every text to the context length (77), but CLIP's text tower is causal and
+    pools at the end-of-text token, so the padding after it never reaches the result: dropping it
+    gives the same features (to float rounding) for a fraction of the work. A short query is ~10
+    tokens: on a CPU, ViT-B-32's text tower answers it several times faster. Models whose text
+    tower is not a causal transformer pooled at end-of-text (HF text towers, `last`/`first`
+    pooling) run as they are.
+    """
+    trimmable = (
+        isinstance(model, open_clip.CLIP)
+        and getattr(model, "attn_mask", None) is not None
+        and model.text_pool_type in TRIMMABLE_POOLS
+        and (model.text_pool_type != "eos" or getattr(model, "text_eos_id", None) is not None)
+    )
+    if not trimmable:
+        return model.encode_text(tokens)
+    length = int(_pooled_positions(model, tokens).max()) + 1
+    tokens = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:length, :length]))
+    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    if model.text_projection is None:
+        return x
+    return model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
 
 
 @torch.inference_mode()
@@ -42,7 +83,7 @@ def encode_texts(bundle: ClipBundle, texts: Sequence[str]) -> np.ndarray:
         cut = [tokenizer_input(bundle, text) for text in texts[start : start + TEXT_BATCH]]
         tokens = bundle.tokenizer(cut).to(bundle.device)
         with bundle.autocast():
-            chunks.append(_normalise(bundle.model.encode_text(tokens)))
+            chunks.append(_normalise(encode_text_tokens(bundle.model, tokens)))
     return torch.cat(chunks).cpu().numpy()
 
 

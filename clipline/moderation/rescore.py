@@ -30,6 +30,9 @@ from clipline.schemas.storage import StorageConfig
 from clipline.table.store import ClipTable, apply_overrides
 
 RESULT_COLUMNS = ["id", "scores", "labels", "decision", "reasons", "policy_version", "policy_hash"]
+# Written back unchanged: a write must carry the vectors of the table's embedding functions, and the
+# content hash keeps a row re-ingested during the rescore from getting its old vectors back.
+CARRIED_COLUMNS = ["content_sha256", "image_embedding", "text_embedding"]
 
 
 @dataclass
@@ -94,16 +97,18 @@ def rescore_table(table: ClipTable, policy: Policy, bank: PromptBank, dry_run: b
     summary.table_version_before = table.version
     classify = ClassifyPolicy(policy, bank)
     overrides = table.overrides()
-    result_schema = pa.schema([table.lance.schema.field(name) for name in RESULT_COLUMNS])
+    result_schema = pa.schema([table.lance.schema.field(name) for name in [*RESULT_COLUMNS, *CARRIED_COLUMNS]])
     before, after, versions, transitions = Counter(), Counter(), Counter(), Counter()
     staging = table.staging(f"rescore-{uuid.uuid4().hex[:12]}", result_schema)
     try:
-        reader = table.lance.search().select([*SCORING_COLUMNS, "decision", "policy_version"]).limit(None)
+        reader = table.lance.search().select([*SCORING_COLUMNS, "decision", "policy_version", "content_sha256"])
+        reader = reader.limit(None)
         for record_batch in reader.to_batches():
             batch = pa.Table.from_batches([record_batch])
             old = batch.column("decision").to_pylist()
             _count(versions, batch.column("policy_version").to_pylist())
-            model_rows = classify(batch.select(SCORING_COLUMNS)).select(RESULT_COLUMNS).cast(result_schema)
+            scored = classify(batch.select([*SCORING_COLUMNS, "content_sha256"]))
+            model_rows = scored.select(result_schema.names).cast(result_schema)
             new = apply_overrides(model_rows, overrides).column("decision").to_pylist()
             _count(before, old)
             _count(after, new)
@@ -115,7 +120,9 @@ def rescore_table(table: ClipTable, policy: Policy, bank: PromptBank, dry_run: b
         # Staged rows hold the model's decision; overrides re-read now win over it, so a review
         # applied while the rescore ran is honoured (and one cleared meanwhile is not resurrected).
         latest = table.overrides()
-        staging.merge_into(table, insert_new=False, transform=lambda rows: apply_overrides(rows, latest))
+        staging.merge_into(
+            table, insert_new=False, transform=lambda rows: apply_overrides(rows, latest), if_unchanged=True
+        )
     finally:
         staging.drop()
     summary.decisions_before, summary.decisions_after = dict(before), dict(after)

@@ -12,6 +12,8 @@ the CSV. When the input has moved, the thumbnail stays empty and the export says
 
 Overrides: `review apply` writes `override_decision`, `override_by`, `override_at` and
 `override_note`, and sets `decision` (the effective decision) to the reviewer's, in one commit.
+The web queue and the JSON API (`clipline serve`) write through the same function
+(`record_decisions`), and every batch, an undo included, leaves an audit record (`review_log.py`).
 Runs and rescores never write the override columns and re-apply them to `decision`, so an
 override wins until a reviewer clears it (`override_decision: clear`), which restores the model's
 decision from the row's reasons.
@@ -29,6 +31,7 @@ import csv
 import hashlib
 import json
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -36,9 +39,10 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from clipline.moderation.review_log import ReviewLog, json_value, new_log_record
 from clipline.operators.decode import DecodeLimits, RowFailure, thumbnail_jpeg
 from clipline.schemas.storage import StorageConfig
-from clipline.schemas.table import Decision, Status
+from clipline.schemas.table import REVIEW_COLUMNS, Decision, Status
 from clipline.table.store import ClipTable
 
 QUEUE_WHERE = "status = 'ok' AND decision = 'review' AND override_decision IS NULL"
@@ -217,14 +221,24 @@ def export_queue(
 # --------------------------------------------------------------------------- apply
 
 
+@dataclass(frozen=True)
+class ReviewerDecision:
+    """One reviewer's decision on one row, however it came (a CSV line, a key in the web queue, the API)."""
+
+    id: str
+    decision: str  # allow / review / block, or `clear`
+    by: str
+    note: str | None = None
+
+
 def model_decision(reasons: list[dict] | None) -> str:
     """The model's own decision, recovered from its reasons (what a cleared override falls back to)."""
     actions = {reason["action"] for reason in reasons or []}
     return "block" if "block" in actions else ("review" if "review" in actions else "allow")
 
 
-def read_decisions(path: str | Path, reviewer: str | None) -> dict[str, dict]:
-    """Reviewer decisions by id from a CSV with `id`, `override_decision` and optional
+def read_decisions(path: str | Path, reviewer: str | None) -> list[ReviewerDecision]:
+    """Reviewer decisions from a CSV with `id`, `override_decision` and optional
     `override_by` / `override_note`; blank decisions are skipped (not reviewed yet)."""
     path = Path(path)
     if not path.is_file():
@@ -235,27 +249,153 @@ def read_decisions(path: str | Path, reviewer: str | None) -> dict[str, dict]:
         missing = [name for name in ("id", "override_decision") if name not in fields]
         if missing:
             raise ReviewError(f"{path}: missing column(s) {missing} (has {fields})")
-        problems, decisions = [], {}
+        decisions, lines = [], []
         for line, row in enumerate(reader, start=2):
             value = (row["override_decision"] or "").strip().lower()
-            row_id = id_from_cell((row["id"] or "").strip())
-            if not value:
-                continue
-            who = (row.get("override_by") or "").strip() or reviewer
-            if not row_id:
-                problems.append(f"line {line}: empty id")
-            elif value not in (*Decision, CLEAR):
-                problems.append(f"line {line}: override_decision {value!r} is not one of {[*Decision, CLEAR]}")
-            elif not who:
-                problems.append(f"line {line}: no reviewer (give --reviewer or an override_by column)")
-            elif row_id in decisions and decisions[row_id]["decision"] != value:
-                problems.append(f"line {line}: id {row_id!r} has two different decisions")
-            else:
+            if value:
+                who = (row.get("override_by") or "").strip() or reviewer or ""
                 note = (row.get("override_note") or "").strip() or None
-                decisions[row_id] = {"decision": value, "by": who, "note": note}
+                row_id = id_from_cell((row["id"] or "").strip())  # the export's formula guard comes off
+                decisions.append(ReviewerDecision(row_id, value, who, note))
+                lines.append(f"line {line}")
+    problems = decision_problems(decisions, lines)
     if problems:
         raise ReviewError(f"{path}: nothing applied:\n  " + "\n  ".join(problems[:20]))
     return decisions
+
+
+def decision_problems(decisions: list[ReviewerDecision], where: list[str]) -> list[str]:
+    """What makes a batch of decisions unusable, each prefixed with where it came from (a CSV line)."""
+    problems, seen = [], {}
+    for decision, place in zip(decisions, where, strict=True):
+        if not decision.id:
+            problems.append(f"{place}: empty id")
+        elif decision.decision not in (*Decision, CLEAR):
+            problems.append(f"{place}: override_decision {decision.decision!r} is not one of {[*Decision, CLEAR]}")
+        elif not decision.by:
+            problems.append(f"{place}: no reviewer (give --reviewer or an override_by column)")
+        elif seen.get(decision.id, decision.decision) != decision.decision:
+            problems.append(f"{place}: id {decision.id!r} has two different decisions")
+        seen.setdefault(decision.id, decision.decision)
+    return problems
+
+
+def override_record(decision: ReviewerDecision, stored: dict, at: datetime) -> dict:
+    """The review columns a decision writes; `clear` restores the model's decision."""
+    if decision.decision == CLEAR:
+        return {"id": decision.id, "decision": model_decision(stored["reasons"]), **dict.fromkeys(REVIEW_COLUMNS)}
+    return {
+        "id": decision.id,
+        "decision": decision.decision,
+        "override_decision": decision.decision,
+        "override_by": decision.by,
+        "override_at": at,
+        "override_note": decision.note,
+    }
+
+
+def stored_review_state(table: ClipTable, ids: list[str], source: str) -> dict[str, dict]:
+    """The rows' current decision and review columns; refuses ids not in the table and failed rows."""
+    columns = ["id", "status", "reasons", "decision", *REVIEW_COLUMNS]
+    stored = {row["id"]: row for row in table.rows_by_ids(ids, columns).to_pylist()}
+    unknown = sorted(set(ids) - set(stored))
+    failed = sorted(row_id for row_id, row in stored.items() if row["status"] != Status.OK)
+    lines = []
+    if unknown:
+        lines.append(f"{len(unknown)} id(s) not in table {table.name!r}: {unknown[:10]}")
+    if failed:
+        lines.append(f"{len(failed)} id(s) are failed rows (nothing was scored to review): {failed[:10]}")
+    if lines:
+        raise ReviewError(f"{source}: nothing applied:\n  " + "\n  ".join(lines))
+    return stored
+
+
+def commit_review(table: ClipTable, records: list[dict], log_rows: list[dict], log: dict) -> dict:
+    """Write review columns in one commit, then its audit record; returns the record.
+
+    The one write path of human review: `review apply`, the web queue, the API and undo all end
+    here. A row whose content a concurrent run replaced meanwhile is left alone, and the record
+    lists it (`left_alone`) instead of claiming a decision that did not land.
+    """
+    schema = pa.schema([table.lance.schema.field(name) for name in ("id", "decision", *REVIEW_COLUMNS)])
+    left_alone = table.update_columns(pa.Table.from_pylist(records, schema=schema))
+    log["rows"] = [row for row in log_rows if row["id"] not in left_alone]
+    log.update(table_version=table.version, left_alone=left_alone)
+    ReviewLog(table).write(log)
+    return log
+
+
+def log_rows(records: list[dict], stored: dict[str, dict]) -> list[dict]:
+    """Each written record with the row's review state before it (what an undo restores)."""
+    state = ("decision", *REVIEW_COLUMNS)
+    return [
+        {key: json_value(value) for key, value in record.items()}
+        | {"before": {key: json_value(stored[record["id"]][key]) for key in state}}
+        for record in records
+    ]
+
+
+def record_decisions(table: ClipTable, decisions: list[ReviewerDecision], source: str) -> dict:
+    """Apply reviewer decisions to an open table: all or nothing, one commit, one audit record.
+
+    `source` says where they came from (a CSV path, `web`, `api`), in errors and in the audit log.
+    """
+    problems = decision_problems(decisions, [f"decision {index + 1}" for index in range(len(decisions))])
+    if problems:
+        raise ReviewError(f"{source}: nothing applied:\n  " + "\n  ".join(problems[:20]))
+    by_id = {decision.id: decision for decision in decisions}
+    summary = {"applied": 0, "cleared": 0, "by_decision": {}, "table_version": table.version, "batch": None}
+    if not by_id:
+        return summary
+    ids = sorted(by_id)
+    stored = stored_review_state(table, ids, source)
+    now = datetime.now(UTC)
+    records = [override_record(by_id[row_id], stored[row_id], now) for row_id in ids]
+    reviewers = sorted({decision.by for decision in decisions})
+    log = commit_review(table, records, log_rows(records, stored), new_log_record(source, reviewers, now))
+    counts = Counter(by_id[row["id"]].decision for row in log["rows"])
+    summary.update(
+        applied=sum(count for value, count in counts.items() if value != CLEAR),
+        cleared=counts.get(CLEAR, 0),
+        by_decision={value: count for value, count in sorted(counts.items()) if value != CLEAR},
+        table_version=log["table_version"],
+        batch=log["batch"],
+        left_alone=log["left_alone"],
+    )
+    return summary
+
+
+def restored_record(row: dict) -> dict:
+    """The review columns a logged row had before its batch, as a record to write back."""
+    before = dict(row["before"])
+    if before["override_at"]:
+        before["override_at"] = datetime.fromisoformat(before["override_at"])
+    return {"id": row["id"], **before}
+
+
+def undo_batch(table: ClipTable, batch: str, reviewer: str, source: str = "undo") -> dict:
+    """Restore the rows of one logged batch to their state before it, in one commit and one record.
+
+    Only a reviewer of that batch may undo it, and only rows still as the batch left them are
+    restored: a row another reviewer decided since keeps that newer decision.
+    """
+    record = ReviewLog(table).read(batch)
+    if record is None:
+        raise ReviewError(f"no review batch {batch!r} in the log of table {table.name!r}")
+    if reviewer not in record["reviewers"]:
+        raise ReviewError(f"batch {batch!r} was decided by {record['reviewers']}, not by {reviewer!r}")
+    ids = [row["id"] for row in record["rows"]]
+    stored = stored_review_state(table, ids, source)
+    written = ("override_decision", "override_by", "override_at")
+    untouched = [
+        row for row in record["rows"] if all(json_value(stored[row["id"]][key]) == row[key] for key in written)
+    ]
+    if not untouched:
+        raise ReviewError(f"nothing to undo: every row of batch {batch!r} was decided again since (or undone)")
+    now = datetime.now(UTC)
+    records = [restored_record(row) for row in untouched]
+    log = commit_review(table, records, log_rows(records, stored), new_log_record(source, [reviewer], now, batch))
+    return {"undone": len(log["rows"]), "batch": log["batch"], "undoes": batch, "table_version": log["table_version"]}
 
 
 def apply_decisions(
@@ -265,58 +405,7 @@ def apply_decisions(
     reviewer: str | None = None,
     storage: StorageConfig | None = None,
 ) -> dict:
-    """Write reviewer decisions into the table in one commit; all or nothing."""
-    storage = storage or StorageConfig()
+    """Write the reviewer decisions of a CSV into the table in one commit; all or nothing."""
     decisions = read_decisions(decisions_path, reviewer)
-    table = ClipTable.open(uri, table_name, storage)
-    summary = {"applied": 0, "cleared": 0, "by_decision": {}, "table_version": table.version}
-    if not decisions:
-        return summary
-    stored = {row["id"]: row for row in table.rows_by_ids(decisions, ["id", "status", "reasons"]).to_pylist()}
-    unknown = sorted(set(decisions) - set(stored))
-    failed = sorted(row_id for row_id, row in stored.items() if row["status"] != Status.OK)
-    if unknown or failed:
-        lines = []
-        if unknown:
-            lines.append(f"{len(unknown)} id(s) not in table {table_name!r}: {unknown[:10]}")
-        if failed:
-            lines.append(f"{len(failed)} id(s) are failed rows (nothing was scored to review): {failed[:10]}")
-        raise ReviewError(f"{decisions_path}: nothing applied:\n  " + "\n  ".join(lines))
-    now = datetime.now(UTC)
-    ids = sorted(decisions)
-    records = []
-    for row_id in ids:
-        item = decisions[row_id]
-        if item["decision"] == CLEAR:
-            records.append(
-                {
-                    "id": row_id,
-                    "decision": model_decision(stored[row_id]["reasons"]),
-                    "override_decision": None,
-                    "override_by": None,
-                    "override_at": None,
-                    "override_note": None,
-                }
-            )
-        else:
-            records.append(
-                {
-                    "id": row_id,
-                    "decision": item["decision"],
-                    "override_decision": item["decision"],
-                    "override_by": item["by"],
-                    "override_at": now,
-                    "override_note": item["note"],
-                }
-            )
-    names = ["id", "decision", "override_decision", "override_by", "override_at", "override_note"]
-    schema = pa.schema([table.lance.schema.field(name) for name in names])
-    table.merge(pa.Table.from_pylist(records, schema=schema), insert_new=False, few=True)
-    counts = Counter(item["decision"] for item in decisions.values())
-    summary.update(
-        applied=sum(count for value, count in counts.items() if value != CLEAR),
-        cleared=counts.get(CLEAR, 0),
-        by_decision={value: count for value, count in sorted(counts.items()) if value != CLEAR},
-        table_version=table.version,
-    )
-    return summary
+    table = ClipTable.open(uri, table_name, storage or StorageConfig())
+    return record_decisions(table, decisions, str(decisions_path))

@@ -17,6 +17,7 @@ from clipline.operators.classify import ClassifyPolicy
 from clipline.operators.decode import DecodeImages
 from clipline.operators.encode import EncodeClip, torch_threads_for
 from clipline.operators.read import ReadRowGroups
+from clipline.operators.thumbnail import FrameThumbnail
 from clipline.schemas.config import JobConfig, ResourcesConfig
 from clipline.schemas.policy import Policy
 from clipline.table.store import Sidecars
@@ -69,6 +70,7 @@ def run_stages(
             decode_resources,
             max_aspect=source.max_image_aspect,
             uri_prefixes=source.uri_prefixes(),
+            extras=[FrameThumbnail()] if config.sink.thumbnails else [],
         ),
         EncodeClip(config.model, cpus=encoders.threads, storage=config.storage, resources=model_resources),
     ]

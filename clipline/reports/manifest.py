@@ -273,6 +273,13 @@ class ManifestStore:
         except FileNotFoundError:
             return None
 
+    def read_report(self, run_id: str) -> bytes | None:
+        """The run's HTML report as it was written (the web app serves it)."""
+        try:
+            return self.fs.cat_file(self._path(run_id, "html"))
+        except FileNotFoundError:
+            return None
+
     def run_ids(self) -> list[str]:
         """Run ids with a manifest, oldest first (by when each manifest was written)."""
         self.fs.invalidate_cache(self.root)

@@ -30,7 +30,7 @@ from clipline.schemas.storage import StorageConfig
 from clipline.table.store import sql_literal
 
 MAX_THUMBNAILS = 48
-FLAGGED_COLUMNS = ["id", "decision", "reasons", "labels", "source", "image_uri", "text"]
+FLAGGED_COLUMNS = ["id", "decision", "reasons", "labels", "source", "image_uri", "text", "thumbnail"]
 DECISION_COLOURS = {"allow": "#43a047", "review": "#fb8c00", "block": "#e53935"}
 TOPIC_COLOUR = "#5c6bc0"
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -247,7 +247,7 @@ def flagged_rows(table: Any, run_id: str, per_decision: int = MAX_THUMBNAILS) ->
     rows = (
         table.search()
         .where(f"run_id = {sql_literal(run_id)} AND decision IN ('block', 'review')")
-        .select(FLAGGED_COLUMNS)
+        .select([name for name in FLAGGED_COLUMNS if name in table.schema.names])  # older tables: no thumbnail
         .limit(None)
         .to_arrow()
         .to_pylist()
@@ -370,10 +370,16 @@ def drift_html(manifest: dict) -> str:
     )
 
 
+def image_type(data: bytes) -> str:
+    """Stored thumbnails are WebP, thumbnails re-read from the input JPEG."""
+    return "image/webp" if data[8:12] == b"WEBP" else "image/jpeg"
+
+
 def card_html(row: dict, thumbnail: Thumbnail | None) -> str:
     if thumbnail and thumbnail.jpeg:
         encoded = base64.b64encode(thumbnail.jpeg).decode()
-        picture = f'<img class="thumb" alt="{esc(row["id"])}" src="data:image/jpeg;base64,{encoded}">'
+        source = f"data:{image_type(thumbnail.jpeg)};base64,{encoded}"
+        picture = f'<img class="thumb" alt="{esc(row["id"])}" src="{source}">'
     else:
         picture = f'<div class="none">{esc(thumbnail.missing if thumbnail else "no image")}</div>'
     reasons = "<br>".join(
@@ -476,8 +482,10 @@ def build_report(
     storage: StorageConfig | None = None,
     max_thumbnails: int = MAX_THUMBNAILS,
 ) -> str:
-    """Query the run's flagged rows, re-read their images from the input, render the page."""
+    """Query the run's flagged rows, take their stored thumbnails (re-read the rest from the input), render."""
     source = SourceConfig.model_validate(manifest["config"]["source"])
     flagged = flagged_rows(table, manifest["run_id"], max_thumbnails)
-    thumbnails = load_thumbnails(flagged["block"]["rows"] + flagged["review"]["rows"], source, storage)
+    rows = flagged["block"]["rows"] + flagged["review"]["rows"]
+    stored = {row["id"]: Thumbnail(jpeg=row["thumbnail"]) for row in rows if row.get("thumbnail")}
+    thumbnails = stored | load_thumbnails([row for row in rows if row["id"] not in stored], source, storage)
     return render_html(manifest, previous, flagged, thumbnails)

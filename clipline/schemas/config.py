@@ -152,6 +152,9 @@ class SinkConfig(StrictModel):
         default=False,
         description="A given id already in the table from another source replaces that row (else: duplicate_id)",
     )
+    thumbnails: bool = Field(
+        default=True, description="Keep a small WebP of each image in the `thumbnail` column (a few KB a row)"
+    )
 
 
 class DedupConfig(StrictModel):

@@ -109,6 +109,7 @@ def output_schema(embedding_dim: int, model: ModelConfig) -> pa.Schema:
         pa.field("policy_hash", pa.string()),
         pa.field("run_id", pa.string()),
         pa.field("processed_at", pa.timestamp("us", tz="UTC")),
+        pa.field("thumbnail", pa.binary()),  # small WebP of the image (sink.thumbnails), null without one
     ]
     metadata = {
         META_MODEL: model.arch.encode(),

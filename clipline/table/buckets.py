@@ -185,9 +185,18 @@ def maintain_buckets(table: ClipTable, refit_ratio: float = REFIT_RATIO) -> Buck
 
 
 def rebucket(table: ClipTable, centroids: np.ndarray, where: str) -> int:
-    """Set `dup_bucket` of the rows matching `where` from their image embedding, in one commit."""
-    query = table.lance.search().where(where).select(["id", "image_embedding"]).limit(None)
-    schema = pa.schema([("id", pa.string()), ("dup_bucket", pa.int32())])
+    """Set `dup_bucket` of the rows matching `where` from their image embedding, in one commit.
+
+    Streamed in batches (bounded memory); each row carries its stored vectors and content hash
+    (LanceDB's embedding-function hook needs the vectors in every write), and a row re-ingested
+    meanwhile with other content is left alone.
+    """
+    carried = ["content_sha256", "image_embedding", "text_embedding"]
+    query = table.lance.search().where(where).select(["id", *carried]).limit(None)
+    schema = pa.schema(
+        [table.lance.schema.field("id"), pa.field("dup_bucket", pa.int32())]
+        + [table.lance.schema.field(name) for name in carried]
+    )
     written = 0
 
     def batches():
@@ -196,7 +205,8 @@ def rebucket(table: ClipTable, centroids: np.ndarray, where: str) -> int:
             vectors, _ = embedding_matrix(batch.column("image_embedding"))
             first, _ = nearest_two(unit_rows(vectors), centroids)
             written += batch.num_rows
-            yield pa.record_batch([batch.column("id"), pa.array(first, pa.int32())], schema=schema)
+            columns = [batch.column("id"), pa.array(first, pa.int32()), *(batch.column(name) for name in carried)]
+            yield pa.record_batch(columns, schema=schema)
 
-    table.merge(pa.RecordBatchReader.from_batches(schema, batches()), insert_new=False)
+    table.merge(pa.RecordBatchReader.from_batches(schema, batches()), insert_new=False, if_unchanged=True)
     return written

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from clipline.schemas.storage import StorageConfig
 from clipline.schemas.table import Status
+from clipline.table.embedding import functions_for_columns
 
 DEFAULT_COLUMNS = (
     "id",
@@ -107,7 +108,7 @@ def selected_batches(
 ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
     """The export as a stream, with the table's metadata (model, dimension) on its schema."""
     reader = table.search().where(condition).select(columns).limit(None).to_batches(BATCH_ROWS)
-    schema = reader.schema.with_metadata(table.schema.metadata or {})
+    schema = functions_for_columns(reader.schema.with_metadata(table.schema.metadata or {}))
     kept = pa.array(sorted(keep), pa.string()) if keep is not None else None
 
     def batches() -> Iterator[pa.RecordBatch]:

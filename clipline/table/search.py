@@ -2,8 +2,9 @@
 
 Every query is embedded by the model that wrote the table, rebuilt from the model config the sink
 stored in the table metadata, so a query is never compared with another model's vectors. Image
-queries go through the pipeline's own decode (`decode_image`) and `encode_pixels`, so a query
-image and its copy in the table get the same embedding.
+queries go through the pipeline's own decode and `encode_pixels` (`table/embedding.py`, shared with
+the table's LanceDB embedding function), so a query image and its copy in the table get the same
+embedding.
 
 Filters are prefilters: the SQL condition narrows the candidates before the vector search, and
 the index is allowed to probe further partitions until k matching rows are found
@@ -19,17 +20,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clipline.models.loader import ClipBundle, load_clip
-from clipline.models.zero_shot import encode_pixels, encode_texts
-from clipline.operators.decode import RowFailure, decode_image
+from clipline.operators.decode import RowFailure
 from clipline.operators.uri_policy import read_trusted
 from clipline.schemas.storage import StorageConfig
+from clipline.table.embedding import MAX_QUERY_IMAGE_BYTES, embed_image, embed_text
 from clipline.table.maintain import ProbeSettings, probe_settings
 from clipline.table.store import ClipTable, sql_literal
 
 RESULT_COLUMNS = ["id", "source", "text", "image_uri", "decision", "labels", "status", "dup_of", "dup_cluster"]
 IMAGE_COLUMN = "image_embedding"
-MAX_QUERY_IMAGE_BYTES = 64 * 1024 * 1024
-MAX_QUERY_IMAGE_PIXELS = 64_000_000
 
 
 def _query(table, vector, column, where, columns, k, settings: ProbeSettings, exhaustive: bool):
@@ -84,16 +83,7 @@ def search_text(
     where: str | None = None,
 ) -> pa.Table:
     """Text → image: top-k rows by cosine between the text and the image embeddings."""
-    return search_vector(table, encode_texts(bundle, [text])[0], k, where)
-
-
-def embed_image(bundle: ClipBundle, data: bytes) -> np.ndarray:
-    """One image's embedding exactly as the pipeline computes it (same decode, resize, crop)."""
-    try:
-        pixels = decode_image(data, bundle.image_size, MAX_QUERY_IMAGE_PIXELS)
-    except RowFailure as exc:
-        raise ValueError(f"query image: {exc.message}") from exc
-    return encode_pixels(bundle, pixels[None])[0]
+    return search_vector(table, embed_text(bundle, text), k, where)
 
 
 def read_image(path_or_uri: str, storage: StorageConfig | None = None) -> bytes:

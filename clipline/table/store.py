@@ -10,7 +10,10 @@ table goes through this module, so that:
 - every SQL string literal is quoted by one function (`sql_literal`);
 - every write of rows into the table is one `merge_insert` on `id` (`ClipTable.merge`), and rows
   too many for memory are staged beside the table first (`Staging`) and merged as one commit, so
-  a writer killed halfway leaves the table's version unchanged.
+  a writer killed halfway leaves the table's version unchanged;
+- the table's LanceDB embedding function (`table/embedding.py`, imported here so that every
+  clipline reader and writer has it registered) is recorded when a table is created, added to an
+  older table the next time a run opens it, and every write carries the vector columns it covers.
 """
 
 from __future__ import annotations
@@ -31,8 +34,10 @@ from clipline.schemas.table import (
     REVIEW_COLUMNS,
     TableMismatch,
 )
+from clipline.table.embedding import FUNCTIONS_KEY, function_columns, with_functions, without_functions
 
 SIDECAR_DIR = "_clipline"
+FEW_ROWS = 20_000  # a merge of at most this many rows may join through the id index
 IDS_PER_QUERY = 1000  # values per `IN (...)` filter: long enough to batch, short enough to parse fast
 
 
@@ -81,6 +86,14 @@ class Sidecars:
         """Run manifests (`<run id>.json`) and reports (`<run id>.html`)."""
         return f"{self.root}/runs/{table}"
 
+    def review_log(self, table: str) -> str:
+        """The audit log of reviewer decisions: one JSON record per committed batch."""
+        return f"{self.root}/review-log/{table}"
+
+    def leases(self, table: str) -> str:
+        """Review-queue leases: which reviewer holds which rows on their open page, until when."""
+        return f"{self.root}/leases/{table}"
+
 
 def connect(db_uri: str, storage: StorageConfig | None = None) -> lancedb.DBConnection:
     storage = storage or StorageConfig()
@@ -102,6 +115,26 @@ def open_or_create_lance_table(db: lancedb.DBConnection, name: str, schema: pa.S
     """
     table = open_lance_table(db, name)
     return table if table is not None else db.create_table(name, schema=schema, exist_ok=True)
+
+
+def clip_table_schema(schema: pa.Schema) -> pa.Schema:
+    """An output schema with its LanceDB embedding functions, built from the model it records."""
+    metadata = schema.metadata or {}
+    model = ModelConfig.model_validate_json(metadata[META_MODEL_CONFIG])
+    return with_functions(schema, model, int(metadata[META_DIM]))
+
+
+def upgrade_table(table: lancedb.table.Table, schema: pa.Schema) -> None:
+    """Give a table written by an older clipline the columns and embedding functions `schema` has.
+
+    One metadata-only commit (LanceDB's `add_columns` with null columns): no row is rewritten.
+    Only new metadata keys are added; existing ones (the model) are never replaced.
+    """
+    missing = [field for field in schema if field.name not in table.schema.names]
+    have = table.schema.metadata or {}
+    added = {FUNCTIONS_KEY: schema.metadata[FUNCTIONS_KEY]} if FUNCTIONS_KEY not in have else {}
+    if missing or added:
+        table.add_columns(pa.schema(missing, metadata=added))
 
 
 def check_table_model(existing: pa.Schema, wanted: pa.Schema, table: str) -> None:
@@ -160,14 +193,13 @@ class ClipTable:
     ) -> ClipTable:
         """The table, created with `schema` when missing; refused when another model wrote it.
 
-        A table written by an older clipline gets the columns it lacks, all null (a metadata-only
-        change, one version, once): every writer then writes the same columns.
+        A table written by an older clipline gets the columns and embedding functions it lacks, all
+        null (one metadata-only commit, once): every writer then writes the same columns.
         """
+        schema = clip_table_schema(schema)
         lance = open_or_create_lance_table(connect(db_uri, storage), name, schema)
         check_table_model(lance.schema, schema, name)
-        missing = [field for field in schema if field.name not in lance.schema.names]
-        if missing:
-            lance.add_columns(missing)
+        upgrade_table(lance, schema)
         return cls(db_uri, lance, storage)
 
     @property
@@ -217,20 +249,50 @@ class ClipTable:
         query = self.lance.search().where("override_decision IS NOT NULL").select(["id", *REVIEW_COLUMNS])
         return {row.pop("id"): row for row in query.limit(None).to_arrow().to_pylist()}
 
-    def merge(self, rows: pa.Table | pa.RecordBatchReader, insert_new: bool, few: bool = False) -> int:
+    def merge(
+        self, rows: pa.Table | pa.RecordBatchReader, insert_new: bool, if_unchanged: bool = False, few: bool = False
+    ) -> int:
         """One `merge_insert` on `id`: update the rows that exist, insert the others only if `insert_new`.
 
         Returns the number of rows written. Null vectors are legitimate (text-only rows have no
         image embedding); LanceDB's default treats them as malformed, so they are kept as nulls.
+        The rows must carry the vector columns of the table's embedding functions (LanceDB
+        refuses a write without them; `update_columns` adds them to a partial update).
+        `if_unchanged` updates only rows whose stored `content_sha256` equals the given one, so
+        an update computed from an older read never lands on a row re-ingested meanwhile.
         Only a `few` rows (a review batch) may join through the scalar index on `id`: the indexed
         join buffers every source row (~16 KB each) and fails beyond ~50k rows, where the plain
         join scans the table's ids instead.
         """
-        upsert = self.lance.merge_insert("id").when_matched_update_all().use_index(few)
+        absent = [column for column in function_columns(self.lance.schema) if column not in rows.schema.names]
+        if absent:
+            raise ValueError(f"a write into table {self.name!r} must carry {absent} (its embedding functions' columns)")
+        condition = "target.content_sha256 = source.content_sha256" if if_unchanged else None
+        upsert = self.lance.merge_insert("id").when_matched_update_all(where=condition).use_index(few)
         if insert_new:
             upsert = upsert.when_not_matched_insert_all()
         result = upsert.execute(rows, on_bad_vectors="null")
         return result.num_inserted_rows + result.num_updated_rows
+
+    def update_columns(self, rows: pa.Table) -> list[str]:
+        """Set some columns of existing rows in one commit; returns the ids it left alone.
+
+        The stored content hash and vectors ride along (LanceDB's embedding-function hook needs the
+        vectors in every write), and a row whose content a concurrent run replaced between this
+        read and the commit keeps the new content untouched: its id is returned. Ids not in the
+        table are ignored (callers check them first).
+        """
+        carried = ["content_sha256", *function_columns(self.lance.schema)]
+        stored = self.rows_by_ids(rows.column("id").to_pylist(), ["id", *carried])
+        position = {row_id: index for index, row_id in enumerate(stored.column("id").to_pylist())}
+        rows = rows.filter(pa.array([row_id in position for row_id in rows.column("id").to_pylist()]))
+        along = stored.take([position[row_id] for row_id in rows.column("id").to_pylist()])
+        for name in carried:
+            rows = rows.append_column(along.schema.field(name), along.column(name))
+        self.merge(rows, insert_new=False, if_unchanged=True, few=rows.num_rows <= FEW_ROWS)
+        before = dict(zip(stored.column("id").to_pylist(), stored.column("content_sha256").to_pylist(), strict=True))
+        after = self.rows_by_ids(before, ["id", "content_sha256"]).to_pylist()
+        return sorted(row["id"] for row in after if row["content_sha256"] != before[row["id"]])
 
     def staging(self, name: str, schema: pa.Schema) -> Staging:
         """A scratch table beside this one, to merge into it later in one commit."""
@@ -249,7 +311,8 @@ class Staging:
     def __init__(self, db: lancedb.DBConnection, name: str, schema: pa.Schema) -> None:
         self.db = db
         self.name = name
-        self.schema = schema
+        # Scratch rows are updated by partial rows (dedup annotations): no embedding functions here.
+        self.schema = without_functions(schema)
         self.table: lancedb.table.Table | None = None
 
     def add(self, rows: pa.Table) -> None:
@@ -271,8 +334,12 @@ class Staging:
         target: ClipTable,
         insert_new: bool,
         transform: Callable[[pa.Table], pa.Table] | None = None,
+        if_unchanged: bool = False,
     ) -> int:
-        """Merge everything staged into `target` as one commit; `transform` rewrites each batch on the way."""
+        """Merge everything staged into `target` as one commit; `transform` rewrites each batch on the way.
+
+        `if_unchanged`: see `ClipTable.merge`.
+        """
         if self.table is None:
             return 0
         schema = self.table.schema
@@ -282,7 +349,8 @@ class Staging:
                 rows = pa.Table.from_batches([batch])
                 yield from (transform(rows) if transform else rows).cast(schema).to_batches()
 
-        return target.merge(pa.RecordBatchReader.from_batches(schema, batches()), insert_new=insert_new)
+        reader = pa.RecordBatchReader.from_batches(schema, batches())
+        return target.merge(reader, insert_new=insert_new, if_unchanged=if_unchanged)
 
     def drop(self) -> None:
         if self.table is not None:

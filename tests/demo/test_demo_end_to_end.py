@@ -52,6 +52,14 @@ def test_every_input_row_lands_exactly_once(demo):
     assert demo["table"].schema.names == list(OUTPUT_COLUMNS)
 
 
+def test_every_decoded_image_keeps_a_thumbnail_and_no_other_row_has_one(demo):
+    for row in demo["rows"]:
+        decoded = row["status"] == "ok" and truth(row)["kind"] in {"image", "image-uri"}
+        assert (row["thumbnail"] is not None) == decoded, row["id"]
+        if decoded:
+            assert row["thumbnail"][8:12] == b"WEBP" and len(row["thumbnail"]) < 10_000
+
+
 def test_broken_rows_fail_with_codes_and_nothing_else_fails(demo):
     broken = [row for row in demo["rows"] if truth(row)["kind"].startswith("broken")]
     codes = {truth(row)["kind"]: row["error_code"] for row in broken}

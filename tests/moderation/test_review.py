@@ -12,7 +12,17 @@ from PIL import Image
 
 from clipline.jobs.cli import main
 from clipline.moderation.rescore import rescore
-from clipline.moderation.review import ReviewError, apply_decisions, export_queue, id_from_cell, model_decision
+from clipline.moderation.review import (
+    ReviewerDecision,
+    ReviewError,
+    apply_decisions,
+    export_queue,
+    id_from_cell,
+    model_decision,
+    record_decisions,
+    undo_batch,
+)
+from clipline.moderation.review_log import ReviewLog
 from clipline.schemas.policy import Policy, write_policy
 from clipline.table.store import ClipTable
 from tests.moderation.test_calibrate import labelled_rows
@@ -222,3 +232,46 @@ def test_export_neutralises_formula_cells_and_apply_reads_the_ids_back(tmp_path)
     apply_decisions(db, "media", write_csv(tmp_path / "d.csv", decisions), reviewer="dana")
     decided = {row_id: row["override_decision"] for row_id, row in table_rows(db).items()}
     assert decided == {row_id: "block" if row_id in dropping else "allow" for row_id in hostile_ids}
+
+
+def test_every_batch_is_audited_and_the_last_one_can_be_undone(workdir):
+    db = str(workdir / "db")
+    table = ClipTable.open(db, "media")
+    in_review = sorted(row_id for row_id, row in table_rows(db).items() if row["decision"] == "review")
+    first, second = in_review[:2]
+    write_csv(
+        workdir / "d.csv", [{"id": first, "override_decision": "block"}, {"id": second, "override_decision": "allow"}]
+    )
+    summary = apply_decisions(db, "media", workdir / "d.csv", reviewer="alice")
+
+    record = ReviewLog(table).read(summary["batch"])
+    assert record["source"] == str(workdir / "d.csv") and record["reviewers"] == ["alice"]
+    assert record["table_version"] == summary["table_version"] == table.version
+    logged = {row["id"]: row for row in record["rows"]}
+    assert logged[first]["override_decision"] == "block" and logged[first]["before"]["decision"] == "review"
+    assert logged[second]["before"]["override_decision"] is None
+
+    # another reviewer changes one of the rows: undo restores only the row still as the batch left it
+    record_decisions(table, [ReviewerDecision(second, "block", "bob")], "web")
+    with pytest.raises(ReviewError, match="not by 'bob'"):
+        undo_batch(table, summary["batch"], "bob")
+    undone = undo_batch(table, summary["batch"], "alice")
+    assert undone["undone"] == 1 and undone["undoes"] == summary["batch"]
+    rows = table_rows(db)
+    assert rows[first]["decision"] == "review" and rows[first]["override_decision"] is None
+    assert rows[second]["override_decision"] == "block" and rows[second]["override_by"] == "bob"
+    assert rows[first]["image_embedding"] is not None  # partial updates keep the vectors
+    with pytest.raises(ReviewError, match="nothing to undo"):
+        undo_batch(table, summary["batch"], "alice")
+    log = ReviewLog(table)
+    assert [log.read(batch)["source"] for batch in log.batches()] == [str(workdir / "d.csv"), "web", "undo"]
+
+
+def test_web_and_csv_decisions_are_checked_alike(workdir):
+    table = ClipTable.open(str(workdir / "db"), "media")
+    version = table.version
+    with pytest.raises(ReviewError, match="web: nothing applied"):
+        record_decisions(table, [ReviewerDecision("ghost", "block", "erin")], "web")
+    with pytest.raises(ReviewError, match="is not one of"):
+        record_decisions(table, [ReviewerDecision(next(iter(table_rows(str(workdir / "db")))), "maybe", "erin")], "web")
+    assert table.version == version and ReviewLog(table).batches() == []

@@ -14,8 +14,10 @@ from clipline.reports import report_for_run, write_run_artifacts
 from clipline.reports.thumbnails import load_thumbnails, source_image_bytes
 from clipline.schemas.config import SourceConfig
 from clipline.schemas.storage import StorageConfig
-from tests.pipelines.inputs import png_bytes, write_parquet
+from clipline.table.store import ClipTable
+from tests.pipelines.inputs import image_rows, png_bytes, write_parquet
 from tests.reports.synthetic import scored_rows, write_run
+from tests.tables import DEDUP, TINY, demo_policy, ingest, job_config
 
 STAR = {"star": 0.95, "cross": 0.01, "red": 0.9, "blue": 0.05}
 CROSS = {"star": 0.01, "cross": 0.7, "red": 0.05, "blue": 0.9}
@@ -131,3 +133,18 @@ def test_oversized_images_are_refused_before_decoding(tmp_path):
     source = SourceConfig(paths=[str(tmp_path / "in.parquet")], max_image_pixels=1000)
     thumb = load_thumbnails([row], source)["big"]
     assert thumb.jpeg is None and "image_too_large" in thumb.missing and "limit of 1000" in thumb.missing
+
+
+def test_stored_thumbnails_are_shown_without_reading_the_input(ray_local, tmp_path):
+    """Rows ingested with thumbnails (the default) need no input at report time: here it never existed."""
+    db = str(tmp_path / "db")
+    summary = ingest(db, image_rows("kept", 24), run_id="run-t", source=str(tmp_path / "deleted.parquet"))
+    config = job_config(db, "media", "run-t", TINY, DEDUP)
+    write_run_artifacts(summary, config, policy=demo_policy())
+    page = (tmp_path / "db" / "_clipline" / "runs" / "media" / "run-t.html").read_text()
+    flagged = ClipTable.open(db, "media").count_rows("decision IN ('block', 'review')")
+    pictures = data_uris(page, "webp")
+    assert flagged > 0 and len(pictures) == flagged and data_uris(page, "jpeg") == []
+    assert "cannot read" not in page
+    for data in pictures:
+        assert Image.open(io.BytesIO(data)).format == "WEBP"

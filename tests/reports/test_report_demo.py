@@ -76,8 +76,8 @@ def test_the_report_has_every_category_plot_and_the_flagged_thumbnails(demo):
     cards = {decision: page.count(f'class="card {decision}"') for decision in ("block", "review")}
     assert cards == {decision: min(decisions[decision], 48) for decision in ("block", "review")}
     assert cards["block"] > 0 and cards["review"] > 0
-    # Every flagged image row shows its picture (from the parquet or its image_uri); only text rows have none.
-    thumbnails = len(re.findall(r'<img class="thumb" alt="[^"]*" src="data:image/jpeg;base64,', page))
+    # Every flagged image row shows its stored thumbnail (WebP, not re-read); only text rows have none.
+    thumbnails = len(re.findall(r'<img class="thumb" alt="[^"]*" src="data:image/webp;base64,', page))
     placeholders = re.findall(r'<div class="none">([^<]*)</div>', page)
     assert thumbnails > 0 and thumbnails + len(placeholders) == sum(cards.values())
     assert set(placeholders) <= {"text-only row"}
