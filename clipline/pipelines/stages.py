@@ -15,6 +15,7 @@ from clipline.operators.base import Resources, Stage
 from clipline.operators.classify import ClassifyPolicy
 from clipline.operators.decode import DecodeImages
 from clipline.operators.encode import EncodeClip, torch_threads_for
+from clipline.operators.pdq import PdqHash
 from clipline.operators.read import ReadRowGroups
 from clipline.schemas.config import JobConfig, ResourcesConfig
 from clipline.schemas.policy import Policy
@@ -57,6 +58,9 @@ def run_stages(config: JobConfig, policy: Policy | None, encoders: EncoderPlan |
             source.max_image_bytes,
             config.storage,
             decode_resources,
+            extras=[
+                PdqHash(),
+            ],
         ),
         EncodeClip(config.model, cpus=encoders.threads, storage=config.storage, resources=model_resources),
     ]

@@ -74,6 +74,8 @@ def output_schema(embedding_dim: int, model: ModelConfig) -> pa.Schema:
     fields = [
         pa.field("id", pa.string(), nullable=False),
         pa.field("content_sha256", pa.string()),
+        pa.field("pdq_hash", pa.string()),
+        pa.field("pdq_quality", pa.int32()),
         pa.field("source", pa.string()),
         pa.field("text", pa.string()),
         pa.field("image_uri", pa.string()),
