@@ -101,6 +101,18 @@ def check_table_model(existing: pa.Schema, wanted: pa.Schema, table: str) -> Non
             )
 
 
+def add_missing_columns(table: lancedb.table.Table, schema: pa.Schema) -> list[str]:
+    """Add the nullable columns of `schema` that the table lacks, all null (a metadata-only commit).
+
+    A table written before a column existed (`pdq_hash`, `hash_matches`, ...) keeps taking writes:
+    `merge_insert` refuses source columns the target does not have. Returns the names added.
+    """
+    missing = [field for field in schema if field.name not in table.schema.names and field.nullable]
+    if missing:
+        table.add_columns(pa.schema(missing))
+    return [field.name for field in missing]
+
+
 def model_of(table: lancedb.table.Table) -> ModelConfig:
     """The model that wrote the table, from its metadata (enough to rebuild it for queries)."""
     raw = (table.schema.metadata or {}).get(META_MODEL_CONFIG)
@@ -143,9 +155,11 @@ class ClipTable:
     def open_or_create(
         cls, db_uri: str, name: str, schema: pa.Schema, storage: StorageConfig | None = None
     ) -> ClipTable:
-        """The table, created with `schema` when missing; refused when another model wrote it."""
+        """The table, created with `schema` when missing; refused when another model wrote it; columns
+        added since an existing table was created are added to it."""
         lance = open_or_create_lance_table(connect(db_uri, storage), name, schema)
         check_table_model(lance.schema, schema, name)
+        add_missing_columns(lance, schema)
         return cls(db_uri, lance, storage)
 
     @property
