@@ -136,6 +136,6 @@ def rescore(
     dry_run: bool = False,
 ) -> RescoreSummary:
     """Load the policy and the table's own model (for the prompt embeddings), then rescore every row."""
-    policy = load_policy(policy_path)
+    policy = load_policy(policy_path, storage)
     table, bundle = load_table_and_model(uri, table_name, storage)
     return rescore_table(table, policy, table_prompt_bank(table, bundle, policy), dry_run=dry_run)

@@ -51,7 +51,7 @@ def chunks(batches: Iterator[pa.Table], rows_per_chunk: int) -> Iterator[pa.Tabl
 
 def prepare(config: JobConfig) -> tuple[Policy | None, list[InputFile]]:
     """Everything that can fail without a cluster: policy, model config, input footers."""
-    policy = load_policy(config.policy) if config.policy else None
+    policy = load_policy(config.policy, config.storage) if config.policy else None
     try:
         check_weights_source(config.model)
         if policy is not None:
