@@ -66,5 +66,5 @@ def run_stages(config: JobConfig, policy: Policy | None, encoders: EncoderPlan |
     ]
     if policy is not None:
         cache = PromptCache(Sidecars(config.sink.uri).prompt_banks, config.storage)
-        stages.append(ClassifyPolicy(policy, cache=cache, resources=model_resources))
+        stages.append(ClassifyPolicy(policy, cache=cache, resources=model_resources, storage=config.storage))
     return stages

@@ -63,6 +63,20 @@ REASON_TYPE = pa.struct(
     ]
 )
 
+# One per hash list a row matched: the list, its nearest entry, that entry's label, the distance.
+# A column of its own rather than a `label` field in REASON_TYPE: a new struct field changes the
+# type of an existing column, which LanceDB cannot evolve in a table that has rows (writes into
+# it are refused), while a new nullable column is added to an old table in place
+# (`store.add_missing_columns`).
+HASH_MATCH_TYPE = pa.struct(
+    [
+        ("list", pa.string()),
+        ("entry", pa.string()),
+        ("label", pa.string()),
+        ("distance", pa.int32()),
+    ]
+)
+
 
 def embedding_type(dim: int) -> pa.DataType:
     """Fixed-size float32 vectors: the layout LanceDB indexes for vector search."""
@@ -87,6 +101,7 @@ def output_schema(embedding_dim: int, model: ModelConfig) -> pa.Schema:
         pa.field("labels", pa.list_(pa.string())),
         pa.field("decision", pa.string()),
         pa.field("reasons", pa.list_(REASON_TYPE)),
+        pa.field("hash_matches", pa.list_(HASH_MATCH_TYPE)),
         pa.field("flags", pa.list_(pa.string())),
         pa.field("override_decision", pa.string()),
         pa.field("override_by", pa.string()),

@@ -8,7 +8,7 @@ from clipline.schemas.config import ModelConfig
 from clipline.schemas.table import META_MODEL, output_schema
 from clipline.table.store import ClipTable, connect
 
-NEW_COLUMNS = ("pdq_hash", "pdq_quality")
+NEW_COLUMNS = ("pdq_hash", "pdq_quality", "hash_matches")
 
 
 def test_an_older_table_gets_the_new_columns_and_takes_new_rows(tmp_path) -> None:
@@ -26,5 +26,5 @@ def test_an_older_table_gets_the_new_columns_and_takes_new_rows(tmp_path) -> Non
     written = table.merge(pa.Table.from_pylist([row], schema=full), insert_new=True)
     assert written == 1
     rows = {r["id"]: r for r in table.lance.to_arrow().select(["id", *NEW_COLUMNS]).to_pylist()}
-    assert rows["before"] == {"id": "before", "pdq_hash": None, "pdq_quality": None}
+    assert rows["before"] == {"id": "before", "pdq_hash": None, "pdq_quality": None, "hash_matches": None}
     assert rows["after"]["pdq_hash"] == "ab" * 32
