@@ -113,4 +113,7 @@ def test_the_report_shows_which_rows_matched_and_why(listed_run) -> None:
             assert f"hash:{match['list']}" in reasons[row_id], row_id
     assert not any("hash:" in text for row_id, text in reasons.items() if row_id not in matched)
     assert summary.decisions["block"] >= len(MATCHING) * count
+    # the run section names each list, the contents it matched against and how many rows it flagged
+    blocked = sum(summary.flagged["hash:known"].values())
+    assert f"<b>known</b> ({count} entries, sha256" in page and f"{blocked} rows matched" in page
     assert len({row["policy_hash"] for row in stored.values()}) == 1
