@@ -8,6 +8,7 @@ import boto3
 import pytest
 import yaml
 
+from clipline.moderation.calibrate import calibrated_policy
 from clipline.schemas.base import ConfigError
 from clipline.schemas.hash_lists import MAX_LABEL_CHARS, HashListError, decode_text, parse_hash_list
 from clipline.schemas.policy import Policy, load_policy, write_policy
@@ -174,10 +175,10 @@ def test_a_list_on_s3_loads_with_the_storage_settings(tmp_path, s3_endpoint, s3_
     assert spec.uri == uri and spec.entries == 2
     entries = spec.read(storage)
     assert entries.hashes == [A, B] and entries.labels == ["from-s3", "also"]
+    revised = calibrated_policy(policy, {}, "2", storage)  # a new version validates the lists again, on S3
+    assert revised.hash_lists[0].sha256 == spec.sha256 and revised.content_hash != policy.content_hash
+    boto3.client("s3", endpoint_url=s3_endpoint).put_object(Bucket=s3_bucket, Key="lists/known.csv", Body="zz\n" * 2)
     with pytest.raises(ConfigError, match=rf"{uri}:2:"):
-        boto3.client("s3", endpoint_url=s3_endpoint).put_object(
-            Bucket=s3_bucket, Key="lists/known.csv", Body="zz\n" * 2
-        )
         load_policy(tmp_path / "p.yaml", storage)
     with pytest.raises(ConfigError, match="does not exist"):
         load_policy(policy_yaml(tmp_path / "p.yaml", known(f"s3://{s3_bucket}/lists/absent.csv")), storage)
