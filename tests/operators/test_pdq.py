@@ -12,7 +12,7 @@ from PIL import Image
 
 from clipline.operators.decode import DecodeImages, fit_square
 from clipline.operators.hamming import DIHEDRAL, dihedral_words, hamming, hex_to_words, words_to_hex
-from clipline.operators.pdq import MIN_QUALITY, PdqHash, pdq_of_frame, pdq_of_image
+from clipline.operators.pdq import MIN_QUALITY, PdqHash, hashable, pdq_of_frame, pdq_of_image
 from tests.operators.images import encode
 
 # Hash of `pinned_image()`, identical (distance 0) to ThreatExchange's pure-Python PDQ reference
@@ -68,6 +68,17 @@ def test_jpeg_copy_matches_and_an_unrelated_image_does_not() -> None:
     assert hamming(PINNED, pdq_of_image(jpeg_copy(image, 60))[0]) <= 16
     unrelated = Image.fromarray(np.roll(np.asarray(image)[::-1], 50, axis=1))
     assert hamming(PINNED, pdq_of_image(unrelated)[0]) > 64
+
+
+def test_a_banner_is_hashed_from_a_frame_no_larger_than_500_px_a_side() -> None:
+    """Decode keeps a banner's length (its short side stays >= 64 px); PDQ of 64 x 40,000 pixels
+    would cost 100x a normal frame, so each side is reduced on its own (PDQ ignores aspect anyway)."""
+    rng = np.random.default_rng(3)
+    banner = Image.fromarray(rng.integers(0, 256, (64, 40_000, 3), dtype=np.uint8))
+    assert hashable(banner).size == (500, 64)
+    assert pdq_of_frame(banner) == pdq_of_frame(banner.reduce((80, 1)))
+    ordinary = pinned_image(500, 375)
+    assert hashable(ordinary) is ordinary
 
 
 def test_featureless_and_tiny_images_have_low_quality() -> None:
