@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -348,13 +349,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
+    machine = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
+    machine["load_average_at_start"] = os.getloadavg()  # a shared machine: wall figures depend on it
     results = {
-        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine,
         "cost": cost(args.images, args.threads),
         "robustness": robustness(args.robustness),
         "unrelated": false_matches(args.unrelated),
         "list": list_speed(args.list_size, args.queries, args.repeats),
     }
+    machine["load_average_at_end"] = os.getloadavg()
     print("\n".join(summary_lines(results)))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "pdq.json").write_text(json.dumps(results, indent=2))
