@@ -81,18 +81,17 @@ def hash_reason(spec: HashListSpec, distance: int) -> dict:
     }
 
 
-@dataclass(frozen=True)
+@dataclass
 class RowMatches:
-    """What the lists say about one row: its reasons and its `hash_matches` entries."""
+    """What the lists say about one row that matched at least one: its reasons and `hash_matches` entries."""
 
     reasons: list[dict]
     matches: list[dict]
 
     @property
-    def action(self) -> str | None:
-        """The most severe action of the lists that matched ("block" beats "review"), or None."""
-        actions = {reason["action"] for reason in self.reasons}
-        return "block" if "block" in actions else ("review" if actions else None)
+    def action(self) -> str:
+        """The most severe action of the lists that matched: "block" beats "review"."""
+        return "block" if any(reason["action"] == "block" for reason in self.reasons) else "review"
 
 
 class PolicyHashLists:
@@ -125,9 +124,10 @@ class PolicyHashLists:
             ):
                 if found is None:
                     continue
-                matches = out[row] = out[row] or RowMatches([], [])
-                matches.reasons.append(hash_reason(spec, found.distance))
-                matches.matches.append(
+                if out[row] is None:
+                    out[row] = RowMatches([], [])
+                out[row].reasons.append(hash_reason(spec, found.distance))
+                out[row].matches.append(
                     {"list": spec.name, "entry": found.entry, "label": found.label, "distance": found.distance}
                 )
         return out

@@ -155,18 +155,13 @@ class Policy(StrictModel):
 
     @model_validator(mode="after")
     def _unique_names(self) -> Policy:
-        names = [category.name for category in self.categories]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"duplicate category names: {duplicates}")
-        return self
-
-    @model_validator(mode="after")
-    def _unique_hash_list_names(self) -> Policy:
-        names = [spec.name for spec in self.hash_lists]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"duplicate hash list names: {duplicates}")
+        for what, names in (
+            ("category", [category.name for category in self.categories]),
+            ("hash list", [spec.name for spec in self.hash_lists]),
+        ):
+            duplicates = sorted({name for name in names if names.count(name) > 1})
+            if duplicates:
+                raise ValueError(f"duplicate {what} names: {duplicates}")
         return self
 
     @model_validator(mode="after")
