@@ -1,4 +1,4 @@
-"""`clipline search`: text → image, image → image (reverse image search), more like a row."""
+"""`clipline search`: text → image, image → image (reverse image search), more like a row, near a PDQ hash."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import argparse
 
 from clipline.jobs.output import Report, emit
 from clipline.jobs.table_args import add_table_arguments, storage_from_args, user_errors
+from clipline.schemas.hash_lists import DEFAULT_MAX_DISTANCE
 
 
 def format_results(rows: list[dict]) -> str:
     lines = [f"{'rank':>4}  {'score':<6} {'id':<24} {'decision':<8} {'labels':<20} source"]
     for rank, row in enumerate(rows, 1):
         labels = ",".join(row["labels"] or []) or "-"
-        lines.append(
-            f"{rank:>4}  {row['score']:.3f}  {row['id']:<24} {row['decision'] or '-':<8} {labels:<20} {row['source']}"
-        )
+        score = f"{row['distance']:>3} b" if "distance" in row else f"{row['score']:.3f}"  # PDQ: bits apart
+        lines.append(f"{rank:>4}  {score:<6} {row['id']:<24} {row['decision'] or '-':<8} {labels:<20} {row['source']}")
     return "\n".join(lines)
 
 
@@ -31,6 +31,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         storage=storage_from_args(args),
         image=args.image,
         like=args.like,
+        pdq=args.pdq,
+        max_distance=args.max_distance,
+        dihedral=args.dihedral,
     )
     return emit(Report(results.to_pylist(), format_results), args.json)
 
@@ -42,7 +45,16 @@ def register(verbs: argparse._SubParsersAction) -> None:
     query.add_argument("--text", help="query text (text → image)")
     query.add_argument("--image", help="query image: local path or URI (reverse image search)")
     query.add_argument("--like", metavar="ID", help="id of a row: rows whose images are like its image")
+    query.add_argument("--pdq", metavar="HEX", help="a PDQ hash (64 hex digits): rows whose pdq_hash is near it")
     search.add_argument("--where", default=None, help="SQL prefilter, e.g. \"decision = 'allow'\"")
     search.add_argument("-k", type=int, default=10, help="number of results")
+    search.add_argument(
+        "--max-distance",
+        type=int,
+        default=DEFAULT_MAX_DISTANCE,
+        metavar="BITS",
+        help=f"with --pdq: the most bits a row's hash may differ in (default {DEFAULT_MAX_DISTANCE}, PDQ's convention)",
+    )
+    search.add_argument("--dihedral", action="store_true", help="with --pdq: also find rotated and mirrored copies")
     search.add_argument("--json", action="store_true", help="print results as JSON")
     search.set_defaults(handler=cmd_search)

@@ -207,7 +207,10 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
-def calibrated_policy(policy: Policy, results: dict[str, dict], version: str) -> Policy:
+def calibrated_policy(
+    policy: Policy, results: dict[str, dict], version: str, storage: StorageConfig | None = None
+) -> Policy:
+    """The policy with calibrated thresholds, validated again (its hash lists read with `storage`)."""
     data = policy.model_dump(mode="json")
     data["version"] = version
     for category in data["categories"]:
@@ -217,7 +220,7 @@ def calibrated_policy(policy: Policy, results: dict[str, dict], version: str) ->
         category["review_threshold"] = result["review"]["threshold"]
         if category.get("block_threshold") is not None:
             category["block_threshold"] = result["block"]["threshold"]
-    return Policy.model_validate(data)
+    return Policy.model_validate(data, context={"storage": storage})
 
 
 def calibrate(
@@ -281,7 +284,7 @@ def calibrate(
             plot=plot.name,
         )
         results[category.name] = result
-    new_policy = calibrated_policy(policy, results, version)
+    new_policy = calibrated_policy(policy, results, version, storage)
     header = (
         f"Calibrated by `clipline calibrate` from {Path(policy_path).name} (version {policy.version}) on table "
         f"{table_name!r}\nwith {sum(len(g.ids) for g in labels.values())} labels (sha256 {digest[:16]}), target "

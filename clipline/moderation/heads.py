@@ -129,7 +129,7 @@ def train_heads(
         "winners": [name for name, result in results.items() if result["head_beats_prompts"]],
     }
     if out_policy is not None:
-        switched = switch_to_heads(policy, out_path, report["winners"])
+        switched = switch_to_heads(policy, out_path, report["winners"], storage)
         header = (
             f"{Path(policy_path).name} with linear heads from {out_path.name} for: "
             f"{', '.join(report['winners']) or '-'}"
@@ -142,15 +142,18 @@ def train_heads(
     return report
 
 
-def switch_to_heads(policy: Policy, heads_path: Path, categories: list[str]) -> Policy:
-    """The policy with `head:` set for these categories; a new version, since scores change."""
+def switch_to_heads(
+    policy: Policy, heads_path: Path, categories: list[str], storage: StorageConfig | None = None
+) -> Policy:
+    """The policy with `head:` set for these categories; a new version, since scores change (its hash
+    lists are read again with `storage`)."""
     data = policy.model_dump(mode="json")
     for category in data["categories"]:
         if category["name"] in categories:
             category["head"] = str(Path(heads_path).resolve())
     if categories:
         data["version"] = f"{policy.version}+heads"
-    return Policy.model_validate(data)
+    return Policy.model_validate(data, context={"storage": storage})
 
 
 def _round(value: float | None) -> float | None:

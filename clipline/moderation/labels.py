@@ -142,7 +142,7 @@ class LabelledSet:
     def load(
         cls, uri: str, table_name: str, labels_path: str | Path, policy_path: str | Path, storage: StorageConfig | None
     ) -> LabelledSet:
-        policy = load_policy(policy_path)
+        policy = load_policy(policy_path, storage)
         labels = read_labels(labels_path, policy)
         table, bundle = load_table_and_model(uri, table_name, storage)
         found, vectors = stored_embeddings(table, [row_id for group in labels.values() for row_id in group.ids])

@@ -7,6 +7,10 @@ Image rows are scored from the image embedding, text-only rows from the text emb
 
 This module is the only scoring implementation: the pipeline, `clipline rescore`, `calibrate` and
 `train-head` all score stored or fresh embeddings through `PromptBank.score` and `decide`.
+
+A policy's hash lists (`hash_lists.py`) are matched in the same stage: a row whose PDQ hash is
+near a list entry gets the list's action whatever its scores say (a block beats any score), a
+reason `hash:<list>` first among its reasons, and the entry and its label in `hash_matches`.
 """
 
 from __future__ import annotations
@@ -21,8 +25,19 @@ from clipline.models.prompt_cache import PromptCache
 from clipline.models.zero_shot import prompt_weights
 from clipline.operators.base import STATEFUL, Resources, WorkerState
 from clipline.operators.columns import embedding_matrix, ok_mask, set_column
+from clipline.operators.hash_lists import PolicyHashLists, RowMatches
 from clipline.schemas.policy import ALL_MODERATION, Policy
-from clipline.schemas.table import REASON_TYPE, SCORE_TYPE
+from clipline.schemas.storage import StorageConfig
+from clipline.schemas.table import HASH_MATCH_TYPE, REASON_TYPE, SCORE_TYPE
+
+SEVERITY = {"allow": 0, "review": 1, "block": 2}
+RESULT_TYPES = {
+    "scores": pa.list_(SCORE_TYPE),
+    "labels": pa.list_(pa.string()),
+    "decision": pa.string(),
+    "reasons": pa.list_(REASON_TYPE),
+    "hash_matches": pa.list_(HASH_MATCH_TYPE),
+}
 
 
 @dataclass(frozen=True)
@@ -153,7 +168,7 @@ def row_embeddings(batch: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 
 
 class ClassifyPolicy:
-    """Adds `scores`, `labels`, `decision`, `reasons`, `policy_version` and `policy_hash`."""
+    """Adds `scores`, `labels`, `decision`, `reasons`, `hash_matches`, `policy_version` and `policy_hash`."""
 
     name = "classify"
 
@@ -163,47 +178,52 @@ class ClassifyPolicy:
         bank: PromptBank | None = None,
         cache: PromptCache | None = None,
         resources: Resources = STATEFUL,
+        storage: StorageConfig | None = None,
+        hash_lists: PolicyHashLists | None = None,
     ) -> None:
         self.policy = policy
         self.bank = bank
         self.cache = cache
         self.resources = resources
+        self.storage = storage or StorageConfig()
+        if hash_lists is None and not policy.hash_lists:
+            hash_lists = PolicyHashLists([])  # nothing to read: usable without setup(), given a bank
+        self.hash_lists = hash_lists
 
     def setup(self, state: WorkerState) -> None:
-        """Prompt embeddings from the worker's already-loaded model: from the cache, else encoded once."""
+        """Prompt embeddings from the worker's already-loaded model (from the cache, else encoded
+        once), and the policy's hash lists, read and indexed once per worker."""
         if state.clip is None:
             raise RuntimeError("ClassifyPolicy scores with the encoder's model: set up EncodeClip first")
         self.bank = PromptBank.build(state.clip, self.policy, cache=self.cache)
+        self.hash_lists = PolicyHashLists.load(self.policy, self.storage)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        if self.bank is None:
+        if self.bank is None or self.hash_lists is None:
             raise RuntimeError("ClassifyPolicy.setup() must run before the first batch")
         embeddings, scored = row_embeddings(batch)
-        all_scores = self.bank.score(embeddings)
-        names = self.policy.category_names
-        columns = {"scores": [], "labels": [], "decision": [], "reasons": []}
-        position = 0
-        for is_scored in scored:
-            if not is_scored:
-                for values in columns.values():
-                    values.append(None)
-                continue
-            row_scores = all_scores[position]
-            position += 1
-            decision, labels, reasons = decide(self.policy, row_scores)
-            columns["scores"].append(
-                [{"category": n, "score": s} for n, s in zip(names, row_scores.tolist(), strict=True)]
-            )
-            columns["labels"].append(labels)
-            columns["decision"].append(decision)
-            columns["reasons"].append(reasons)
-        types = {
-            "scores": pa.list_(SCORE_TYPE),
-            "labels": pa.list_(pa.string()),
-            "decision": pa.string(),
-            "reasons": pa.list_(REASON_TYPE),
-        }
+        all_scores = iter(self.bank.score(embeddings))
+        listed = self.hash_lists.match(batch)
+        columns: dict[str, list] = {name: [] for name in RESULT_TYPES}
+        for is_scored, found in zip(scored.tolist(), listed, strict=True):
+            row = self._row(next(all_scores) if is_scored else None, found)
+            for name, values in columns.items():
+                values.append(row[name])
         for name, values in columns.items():
-            batch = set_column(batch, name, pa.array(values, types[name]))
+            batch = set_column(batch, name, pa.array(values, RESULT_TYPES[name]))
         batch = set_column(batch, "policy_version", pa.array([self.policy.version] * batch.num_rows))
         return set_column(batch, "policy_hash", pa.array([self.policy.content_hash] * batch.num_rows))
+
+    def _row(self, row_scores: np.ndarray | None, found: RowMatches | None) -> dict:
+        """One row's results from its category scores (None: not scored) and its hash-list matches."""
+        result = dict.fromkeys(RESULT_TYPES)
+        if row_scores is not None:
+            names = self.policy.category_names
+            result["decision"], result["labels"], result["reasons"] = decide(self.policy, row_scores)
+            result["scores"] = [{"category": n, "score": s} for n, s in zip(names, row_scores.tolist(), strict=True)]
+        if found is not None:
+            decision = result["decision"] or "allow"
+            result["decision"] = max(decision, found.action, key=SEVERITY.__getitem__)
+            result["reasons"] = found.reasons + (result["reasons"] or [])
+            result["hash_matches"] = found.matches
+        return result

@@ -60,7 +60,7 @@ class RunContext:
 
 def prepare(config: JobConfig) -> tuple[Policy | None, list[InputFile]]:
     """Everything that can fail without a cluster: policy, model config, input footers."""
-    policy = load_policy(config.policy) if config.policy else None
+    policy = load_policy(config.policy, config.storage) if config.policy else None
     try:
         check_weights_source(config.model, config.storage)
         if policy is not None:

@@ -16,6 +16,7 @@ from clipline.operators.buckets import AssignBuckets
 from clipline.operators.classify import ClassifyPolicy
 from clipline.operators.decode import DecodeImages
 from clipline.operators.encode import EncodeClip, torch_threads_for
+from clipline.operators.pdq import PdqHash
 from clipline.operators.read import ReadRowGroups
 from clipline.operators.thumbnail import FrameThumbnail
 from clipline.schemas.config import JobConfig, ResourcesConfig
@@ -70,13 +71,13 @@ def run_stages(
             decode_resources,
             max_aspect=source.max_image_aspect,
             uri_prefixes=source.uri_prefixes(),
-            extras=[FrameThumbnail()] if config.sink.thumbnails else [],
+            extras=[PdqHash(), *([FrameThumbnail()] if config.sink.thumbnails else [])],
         ),
         EncodeClip(config.model, cpus=encoders.threads, storage=config.storage, resources=model_resources),
     ]
     if policy is not None:
         cache = PromptCache(Sidecars(config.sink.uri).prompt_banks, config.storage)
-        stages.append(ClassifyPolicy(policy, cache=cache, resources=model_resources))
+        stages.append(ClassifyPolicy(policy, cache=cache, resources=model_resources, storage=config.storage))
     if centroids_uri is not None:
         stages.append(AssignBuckets(centroids_uri, config.storage, resources=model_resources))
     return stages

@@ -44,7 +44,7 @@ def write_run_artifacts(
     """
     storage = storage or config.storage
     if policy is None and config.policy:
-        policy = load_policy(config.policy)
+        policy = load_policy(config.policy, storage)
     table = ClipTable.open(config.sink.uri, config.sink.table, storage).lance
     store = ManifestStore(config.sink.uri, config.sink.table, storage)
     manifest = build_manifest(summary, config, policy, scan_run_rows(table, summary.run_id))

@@ -181,7 +181,15 @@ def score_drift(current: dict, previous: dict | None, threshold: float = DRIFT_T
 def policy_record(policy: Policy | None, path: str | None) -> dict:
     """The policy as the report needs it; an embedding-only run (no policy) has no categories."""
     if policy is None:
-        return {"name": None, "version": None, "hash": None, "path": None, "templates": [], "categories": []}
+        return {
+            "name": None,
+            "version": None,
+            "hash": None,
+            "path": None,
+            "templates": [],
+            "categories": [],
+            "hash_lists": [],
+        }
     return {
         "name": policy.name,
         "version": policy.version,
@@ -189,6 +197,8 @@ def policy_record(policy: Policy | None, path: str | None) -> dict:
         "path": path,
         "templates": policy.templates,
         "categories": [category.model_dump(mode="json") for category in policy.categories],
+        # which list contents the run matched against (sha256 of each file), for audits
+        "hash_lists": [{**spec.canonical(), "uri": spec.uri, "entries": spec.entries} for spec in policy.hash_lists],
     }
 
 

@@ -307,6 +307,17 @@ def tiles_html(manifest: dict) -> str:
     return f'<div class="tiles">{cells}</div>'
 
 
+def hash_list_label(spec: dict, flagged: dict) -> str:
+    """One list of the policy: its settings, the sha256 of the contents matched against, rows it flagged."""
+    matched = sum(flagged.get(f"hash:{spec['name']}", {}).values())
+    dihedral = ", with rotations and mirrors" if spec["dihedral"] else ""
+    return (
+        f"<b>{esc(spec['name'])}</b> ({esc(spec['entries'])} entries, sha256 <code>{esc(spec['sha256'][:16])}</code>): "
+        f"{esc(spec['action'])} within {esc(spec['max_distance'])} bits at quality ≥ {esc(spec['min_quality'])}"
+        f"{dihedral}; {matched} rows matched"
+    )
+
+
 def run_info_html(manifest: dict) -> str:
     policy, model, files = manifest["policy"], manifest["model"], manifest["input"]
     dedup, version = manifest["dedup"], manifest["table_version"]
@@ -320,6 +331,7 @@ def run_info_html(manifest: dict) -> str:
         ),
         ("model", f"{esc(model['arch'])} ({esc(model['weights'])}, precision {esc(model['precision'])})"),
         ("policy", policy_label(policy)),
+        *(("hash list", hash_list_label(spec, manifest["flagged"])) for spec in policy.get("hash_lists", [])),
         ("config hash", f"<code>{esc(manifest['config_hash'][:16])}</code>"),
         (
             "input files",

@@ -6,7 +6,7 @@ probability mass on its positive prompts. Thresholds turn scores into labels and
 `review_threshold` labels the row (and sends moderation categories to review),
 `block_threshold` blocks. Topic categories only tag rows; they never change the decision.
 
-Two extensions, both optional so a policy without them hashes exactly as before:
+Three extensions, all optional so a policy without them hashes exactly as before:
 
 - `rules`: when one category fires, others get stricter (the Stable-Diffusion safety checker's
   "special care" concepts). `{when: minor, at: 0.5, tighten: {nudity: 0.3, "*": 0.1}}` lowers the
@@ -17,6 +17,9 @@ Two extensions, both optional so a policy without them hashes exactly as before:
   prompts. `head: heads.json` names a heads file (relative to the policy YAML); the key is the
   category's name. The weights are loaded when the policy is loaded, so the policy object carries
   them to every worker, and the content hash covers the weights, not the file's path.
+- `hash_lists`: known-bad PDQ hash lists (`schemas/hash_lists.py`). A row whose hash is within a
+  list's `max_distance` gets the list's `action`, whatever its CLIP scores say. Lists are read and
+  checked when the policy is loaded; the content hash covers each list's sha256, not its path.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ import yaml
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from clipline.schemas.base import ConfigError, StrictModel, format_validation_error, read_yaml
+from clipline.schemas.hash_lists import HashListSpec
+from clipline.schemas.storage import StorageConfig
 
 DEFAULT_TEMPLATES = ("a photo of {}.", "an image of {}.", "a picture of {}.")
 CATEGORY_NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
@@ -135,6 +140,7 @@ class Policy(StrictModel):
     templates: list[str] = Field(default_factory=lambda: list(DEFAULT_TEMPLATES), min_length=1)
     categories: list[Category] = Field(min_length=1)
     rules: list[Rule] = Field(default_factory=list)
+    hash_lists: list[HashListSpec] = Field(default_factory=list)
     _heads: dict[str, LinearHead] = PrivateAttr(default_factory=dict)
 
     @field_validator("templates")
@@ -149,10 +155,13 @@ class Policy(StrictModel):
 
     @model_validator(mode="after")
     def _unique_names(self) -> Policy:
-        names = [category.name for category in self.categories]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"duplicate category names: {duplicates}")
+        for what, names in (
+            ("category", [category.name for category in self.categories]),
+            ("hash list", [spec.name for spec in self.hash_lists]),
+        ):
+            duplicates = sorted({name for name in names if names.count(name) > 1})
+            if duplicates:
+                raise ValueError(f"duplicate {what} names: {duplicates}")
         return self
 
     @model_validator(mode="after")
@@ -205,11 +214,16 @@ class Policy(StrictModel):
         return category.templates or self.templates
 
     def canonical(self) -> dict:
-        """The content that decides scores. Unused extensions are left out (a policy without rules or
-        heads hashes as it did before they existed), and a head is its weights' digest, not its path."""
+        """The content that decides scores. Unused extensions are left out (a policy without rules,
+        heads or hash lists hashes as it did before they existed); a head is its weights' digest and
+        a hash list its settings and its file's sha256, not their paths."""
         data = self.model_dump(mode="json")
         if not data["rules"]:
             del data["rules"]
+        if self.hash_lists:
+            data["hash_lists"] = [spec.canonical() for spec in self.hash_lists]
+        else:
+            del data["hash_lists"]
         for category in data["categories"]:
             if category["head"] is None:
                 del category["head"]
@@ -228,25 +242,34 @@ class Policy(StrictModel):
         return [category.name for category in self.categories]
 
 
-def _resolve_heads(data: dict, base: Path) -> dict:
-    """Head paths in a policy YAML are relative to the YAML, so a policy can travel with its heads."""
-    categories = data.get("categories")
-    if not isinstance(categories, list):
-        return data
-    resolved = []
-    for category in categories:
-        head = category.get("head") if isinstance(category, dict) else None
-        if isinstance(head, str) and head and not Path(head).is_absolute():
-            category = {**category, "head": str((base / head).resolve())}
-        resolved.append(category)
-    return {**data, "categories": resolved}
+def _local_path(value: object, base: Path) -> object:
+    """A relative local path made absolute against `base`; URIs and anything else left alone."""
+    if isinstance(value, str) and value and "://" not in value and not Path(value).is_absolute():
+        return str((base / value).resolve())
+    return value
 
 
-def load_policy(path: str | Path) -> Policy:
-    """Parse and validate a policy YAML; raises ConfigError naming each bad field."""
-    data = _resolve_heads(read_yaml(path), Path(path).parent.resolve())
+def _resolve_paths(data: dict, base: Path) -> dict:
+    """Head and hash-list paths in a policy YAML are relative to the YAML, so a policy travels with its files."""
+    resolved = dict(data)
+    for key, path_key in (("categories", "head"), ("hash_lists", "uri")):
+        items = data.get(key)
+        if isinstance(items, list):
+            resolved[key] = [
+                {**item, path_key: _local_path(item[path_key], base)}
+                if isinstance(item, dict) and path_key in item
+                else item
+                for item in items
+            ]
+    return resolved
+
+
+def load_policy(path: str | Path, storage: StorageConfig | None = None) -> Policy:
+    """Parse and validate a policy YAML, reading its heads and hash lists (s3:// lists with `storage`);
+    raises ConfigError naming each bad field, and a bad hash list's file and lines."""
+    data = _resolve_paths(read_yaml(path), Path(path).parent.resolve())
     try:
-        return Policy.model_validate(data)
+        return Policy.model_validate(data, context={"storage": storage or StorageConfig()})
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, f"policy {path}")) from exc
 
@@ -254,16 +277,21 @@ def load_policy(path: str | Path) -> Policy:
 def write_policy(policy: Policy, path: str | Path, header: str = "") -> Path:
     """Write a policy as YAML that `load_policy` reads back to the same content hash.
 
-    Head paths are written relative to the new file, so the YAML and its heads move together.
+    Head and local hash-list paths are written relative to the new file, so the YAML and its files
+    move together.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = policy.model_dump(mode="json", exclude_none=True)
-    if not data["rules"]:
-        del data["rules"]
+    for key in ("rules", "hash_lists"):
+        if not data[key]:
+            del data[key]
     for category in data["categories"]:
         if "head" in category:
             category["head"] = os.path.relpath(Path(category["head"]).resolve(), path.parent.resolve())
+    for spec in data.get("hash_lists", []):
+        if "://" not in spec["uri"]:
+            spec["uri"] = os.path.relpath(Path(spec["uri"]).resolve(), path.parent.resolve())
     comment = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
     path.write_text(comment + yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=120))
     return path

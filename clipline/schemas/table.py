@@ -65,6 +65,20 @@ REASON_TYPE = pa.struct(
     ]
 )
 
+# One per hash list a row matched: the list, its nearest entry, that entry's label, the distance.
+# A column of its own rather than a `label` field in REASON_TYPE: a new struct field changes the
+# type of an existing column, which LanceDB cannot evolve in a table that has rows (writes into
+# it are refused), while a new nullable column is added to an old table in place
+# (`ClipTable.upgrade`).
+HASH_MATCH_TYPE = pa.struct(
+    [
+        ("list", pa.string()),
+        ("entry", pa.string()),
+        ("label", pa.string()),
+        ("distance", pa.int32()),
+    ]
+)
+
 
 # The nearest dedup centroid of a row's image embedding (null without one, or with dedup off): rows
 # of one bucket are read together, by a scalar index, when a later run dedups against the table.
@@ -81,6 +95,8 @@ def output_schema(embedding_dim: int, model: ModelConfig) -> pa.Schema:
     fields = [
         pa.field("id", pa.string(), nullable=False),
         pa.field("content_sha256", pa.string()),
+        pa.field("pdq_hash", pa.string()),
+        pa.field("pdq_quality", pa.int32()),
         pa.field("source", pa.string()),
         pa.field("text", pa.string()),
         pa.field("image_uri", pa.string()),
@@ -92,6 +108,7 @@ def output_schema(embedding_dim: int, model: ModelConfig) -> pa.Schema:
         pa.field("labels", pa.list_(pa.string())),
         pa.field("decision", pa.string()),
         pa.field("reasons", pa.list_(REASON_TYPE)),
+        pa.field("hash_matches", pa.list_(HASH_MATCH_TYPE)),
         pa.field("flags", pa.list_(pa.string())),
         pa.field("override_decision", pa.string()),
         pa.field("override_by", pa.string()),

@@ -33,6 +33,7 @@ from clipline.schemas.table import (
     META_PRETRAINED,
     REVIEW_COLUMNS,
     TableMismatch,
+    output_schema,
 )
 from clipline.table.embedding import FUNCTIONS_KEY, function_columns, with_functions, without_functions
 
@@ -212,6 +213,11 @@ class ClipTable:
 
     def model(self) -> ModelConfig:
         return model_of(self.lance)
+
+    def upgrade(self) -> None:
+        """Give the table what this clipline's schema has and it lacks (a table from an older version)."""
+        dim = int(self.lance.schema.metadata[META_DIM])
+        upgrade_table(self.lance, clip_table_schema(output_schema(dim, self.model())))
 
     @property
     def version(self) -> int:
