@@ -54,6 +54,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clipline.operators.columns import embedding_matrix
+from clipline.operators.hamming import column_words, cross_distances
+from clipline.operators.pdq import MIN_QUALITY
 from clipline.table.buckets import unit_rows
 
 IMAGE = "image_embedding"
@@ -93,19 +95,19 @@ def vectors_of(rows: pa.Table) -> np.ndarray:
     return unit_rows(vectors)
 
 
-def pdq_bits(hashes: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
-    """(n, 4) uint64 words of 64-hex PDQ hashes, and a mask of rows that have one."""
-    present = np.array([value is not None and len(value) == 64 for value in hashes], dtype=bool)
-    words = np.zeros((len(hashes), 4), dtype=np.uint64)
-    if present.any():
-        raw = np.frombuffer(bytes.fromhex("".join(h for h, p in zip(hashes, present, strict=True) if p)), ">u8")
-        words[present] = raw.reshape(-1, 4)
-    return words, present
+def pdq_words(rows: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 4) uint64 PDQ words of every row (zeros where unusable), and which rows have a usable hash.
 
-
-def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise Hamming distances between (n, 4) and (m, 4) uint64 hash words."""
-    return sum(np.bitwise_count(a[:, None, w] ^ b[None, :, w]).astype(np.int32) for w in range(4))
+    A hash of quality below MIN_QUALITY (a flat or featureless picture) is left out: such images
+    hash alike whatever they show, and would make false duplicates.
+    """
+    present = pc.is_valid(rows.column(PDQ)).to_numpy(zero_copy_only=False)
+    quality = pc.fill_null(rows.column("pdq_quality"), 0).to_numpy(zero_copy_only=False)
+    usable = present & (quality >= MIN_QUALITY)
+    words = np.zeros((rows.num_rows, 4), dtype=np.uint64)
+    known, _ = column_words(rows.column(PDQ))
+    words[present] = known
+    return words, usable
 
 
 @dataclass(frozen=True)
@@ -125,15 +127,16 @@ def pair_blocks(
     q_vectors, c_vectors = vectors_of(queries), vectors_of(corpus)
     use_pdq = config.pdq_distance is not None and PDQ in queries.column_names and PDQ in corpus.column_names
     if use_pdq:
-        q_bits, q_has = pdq_bits(queries.column(PDQ).to_pylist())
-        c_bits, c_has = pdq_bits(corpus.column(PDQ).to_pylist())
+        q_bits, q_has = pdq_words(queries)
+        c_bits, c_has = pdq_words(corpus)
     for qs in range(0, len(q_vectors), QUERY_BLOCK):
         for cs in range(0, len(c_vectors), QUERY_BLOCK):
             kinds = (q_vectors[qs : qs + QUERY_BLOCK] @ c_vectors[cs : cs + QUERY_BLOCK].T >= config.threshold).astype(
                 np.int8
             ) * KIND_NEAR
             if use_pdq:
-                close = hamming(q_bits[qs : qs + QUERY_BLOCK], c_bits[cs : cs + QUERY_BLOCK]) <= config.pdq_distance
+                close = cross_distances(q_bits[qs : qs + QUERY_BLOCK], c_bits[cs : cs + QUERY_BLOCK])
+                close = close <= config.pdq_distance
                 close &= q_has[qs : qs + QUERY_BLOCK, None] & c_has[None, cs : cs + QUERY_BLOCK]
                 kinds |= close.astype(np.int8) * KIND_PDQ
             q_index, c_index = np.nonzero(kinds)

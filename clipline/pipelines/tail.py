@@ -74,6 +74,7 @@ NODES = pa.schema([("addr", pa.uint64()), ("rank", pa.int64()), ("id", pa.string
 RENAMES = pa.schema([("addr", pa.uint64()), ("id", pa.string())])
 OK_IMAGES = f"status = '{Status.OK}' AND {IMAGE} IS NOT NULL"
 HISTORY_CANONICALS = f"{OK_IMAGES} AND dup_of IS NULL"
+PDQ_COLUMNS = [PDQ, "pdq_quality"]
 ROOTS = pa.schema(
     [("content_sha256", pa.string()), ("root", pa.string()), ("first_seen", pa.timestamp("us", tz="UTC"))]
 )
@@ -209,7 +210,7 @@ def staged_keys(plan: TailPlan, group: int) -> pa.Table:
     """A group's staged rows with what the tail routes on (addr, rank, ids, hashes, vectors, buckets)."""
     columns = ["id", "content_sha256", "source", "status"]
     if plan.centroids is not None:
-        columns += [IMAGE, "dup_bucket", "dup_bucket2"] + ([PDQ] if plan.has_pdq else [])
+        columns += [IMAGE, "dup_bucket", "dup_bucket2"] + (PDQ_COLUMNS if plan.has_pdq else [])
     rows = plan.staging.read(columns, plan.groups[group])
     rows = rows.append_column("rank", pa.array(ranks_of(rows.column("source").to_pylist(), plan.file_ranks)))
     return rows.rename_columns(["addr" if name == ROW_ADDRESS else name for name in rows.column_names])
@@ -247,7 +248,7 @@ def route(plan: TailPlan, group: int) -> list:
         hash_keys(hashed.column("content_sha256").to_pylist(), plan.partitions),
         plan.partitions,
     )
-    members = ["addr", "rank", "id", IMAGE, "dup_bucket", "dup_bucket2"] + ([PDQ] if plan.has_pdq else [])
+    members = ["addr", "rank", "id", IMAGE, "dup_bucket", "dup_bucket2"] + (PDQ_COLUMNS if plan.has_pdq else [])
     images, patches = assign_buckets(plan, ok.filter(pc.is_valid(ok.column(IMAGE))).select(members))
     first = images.column("dup_bucket").to_numpy(zero_copy_only=False) % plan.bucket_partitions
     second = images.column("dup_bucket2").to_numpy(zero_copy_only=False) % plan.bucket_partitions
@@ -258,7 +259,7 @@ def route(plan: TailPlan, group: int) -> list:
 def route_unbucketed_history(plan: TailPlan, fragments: list[int]) -> list[pa.Table]:
     """Table canonicals that have no bucket yet (written before dedup had centroids), bucketed here
     and routed like the run's rows, so dedup still finds them until `clipline maintain` stores their buckets."""
-    columns = ["id", IMAGE, "processed_at"] + ([PDQ] if plan.has_pdq else [])
+    columns = ["id", IMAGE, "processed_at"] + (PDQ_COLUMNS if plan.has_pdq else [])
     rows = plan.table.read(
         columns, fragments, filter=f"{HISTORY_CANONICALS} AND dup_bucket IS NULL", version=plan.version
     )
@@ -335,7 +336,7 @@ def exact_for_partition(plan: TailPlan, excluded_refs: list, replaced_refs: list
 
 def history_of(plan: TailPlan, buckets: list[int], replaced: np.ndarray) -> pa.Table:
     """The table's canonical image rows of these buckets, read by bucket, minus the rows this run replaces."""
-    columns = ["id", IMAGE, "dup_bucket", "processed_at"] + ([PDQ] if plan.has_pdq else [])
+    columns = ["id", IMAGE, "dup_bucket", "processed_at"] + (PDQ_COLUMNS if plan.has_pdq else [])
     in_buckets = f"dup_bucket IN ({', '.join(str(bucket) for bucket in buckets)})" if buckets else "false"
     rows = plan.table.read(columns, filter=f"{HISTORY_CANONICALS} AND {in_buckets}", version=plan.version)
     rows = without(rows, ROW_ADDRESS, replaced).drop_columns([ROW_ADDRESS])

@@ -63,6 +63,8 @@ def rows_table(rows: list[dict], dim: int = DIM) -> pa.Table:
             ("clip_score", pa.float32()),
             ("labels", pa.list_(pa.string())),
             ("text", pa.string()),
+            ("pdq_hash", pa.string()),
+            ("pdq_quality", pa.int32()),
         ]
     )
     return pa.Table.from_pylist([{name: r.get(name) for name in schema.names} for r in rows], schema=schema)

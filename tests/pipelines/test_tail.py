@@ -106,3 +106,23 @@ def test_maintain_removes_staging_left_by_killed_runs_once_stale(tmp_path):
     report = maintain_table(table, stale_staging=timedelta(hours=0))
     assert report.stale_staging == ["running-run.lance"] and not os.listdir(staging)
     assert np.isfinite(report.wall_s)
+
+
+def test_the_perceptual_tier_links_copies_the_embeddings_miss_but_not_featureless_images(tmp_path):
+    """Re-encoded copies keep their PDQ hash within a few bits even where embeddings drift; flat
+    images (PDQ quality below 50) hash alike whatever they show, so they are never linked by hash."""
+    original = "f0" * 32
+    reencoded = "f1" + "f0" * 31  # 1 bit off
+    flat = "00" * 32
+    rows = [
+        row("a", unit(11), source="f.parquet#0", pdq_hash=original, pdq_quality=90),
+        row("b", unit(12), source="f.parquet#1", pdq_hash=reencoded, pdq_quality=90),
+        row("c", unit(13), source="f.parquet#2", pdq_hash=flat, pdq_quality=10),
+        row("d", unit(14), source="f.parquet#3", pdq_hash=flat, pdq_quality=10),
+    ]
+    counts, table = write_run(str(tmp_path), rows)
+    marks = annotations(table)
+    assert marks["b"] == ("a", "a") and marks["c"] == (None, "c") and marks["d"] == (None, "d")
+    assert (counts.pdq, counts.near, counts.exact) == (1, 0, 0)
+    strict, _ = write_run(str(tmp_path / "strict"), rows, config=DedupConfig(pdq_distance=0))
+    assert strict.duplicates == 0  # the tier's distance is the job's to set
