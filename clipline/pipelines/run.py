@@ -24,6 +24,7 @@ from clipline.pipelines.ledger import Ledger
 from clipline.pipelines.plan import build_dataset, ensure_ray, plan_encoders
 from clipline.pipelines.sink import LanceSink
 from clipline.pipelines.stages import run_stages
+from clipline.pipelines.startup import StartupWatch
 from clipline.pipelines.summary import RunOptions, RunSummary, Tally, new_run_id, stage_stats
 from clipline.schemas.base import ConfigError
 from clipline.schemas.config import JobConfig
@@ -82,7 +83,8 @@ def execute(
     stages = run_stages(config, policy, encoders)
     dataset = build_dataset(tasks, stages, encoders, config.resources.decode_batch_size)
     tally, per_file = Tally(), Counter()
-    batches = dataset.iter_batches(batch_size=None, batch_format="pyarrow")
+    startup = StartupWatch(summary.startup)
+    batches = startup.batches(dataset.iter_batches(batch_size=None, batch_format="pyarrow"))
     for chunk in chunks(batches, config.sink.commit_rows):
         tally.add(sink.stage(chunk))
         per_file.update(rows_per_file(chunk))
@@ -208,9 +210,10 @@ def run_job(config: JobConfig, options: RunOptions | None = None) -> RunSummary:
     are skipped in every mode.
     """
     options = options or RunOptions()
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     policy, files = prepare(config)
     summary = RunSummary(run_id=config.run_id or new_run_id(), table_uri=config.sink.uri, table=config.sink.table)
+    summary.startup["run_started_at"] = started_at
     summary.files_total = len(files)
     sink = open_sink(config, summary.run_id)
     summary.table_version_before = sink.version

@@ -58,6 +58,7 @@ class RunSummary:
     dedup: dict = field(default_factory=dict)
     maintenance: dict = field(default_factory=dict)
     stages: list[dict] = field(default_factory=list)  # per Ray Data operator: wall time, rows, rows/s
+    startup: dict = field(default_factory=dict)  # planning, encoder imports, model build, first batch (startup.py)
     manifest_uri: str | None = None
     report_uri: str | None = None
 

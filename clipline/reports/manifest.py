@@ -236,6 +236,7 @@ def build_manifest(
             "wall_s": round(summary.wall_s, 3),
             "rows_per_s": round(summary.rows_per_s, 2),
             "stages": summary.stages,
+            "startup": summary.startup,
         },
         "scores": run_rows["scores"],
     }
