@@ -87,7 +87,16 @@ RATIOS = {
 }
 CAPTION_COLUMN_LEFT_OUT = "caption_not_read"  # a column the inputs lack: image-only runs on captioned data
 STARTUP_PIECES = ("planned_s", "first_batch_encoded_s")
-ENCODER_PIECES = ("actor_started_s", "imports_s", "imports_cpu_s", "model_build_s", "model_build_cpu_s")
+ENCODER_PIECES = (
+    "actor_started_s",
+    "worker_boot_cpu_s",
+    "imports_s",
+    "imports_cpu_s",
+    "model_build_s",
+    "model_build_cpu_s",
+    "first_batch_s",
+    "first_batch_cpu_s",
+)
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,7 @@ class EncoderStartup:
             "model_source": self.model_source,
             "process_started_s": _round(self.process_started_at - origin if self.process_started_at else None),
             "actor_started_s": _round(self.actor_started.wall - origin),
+            "worker_boot_cpu_s": _round(self.actor_started.cpu),  # the process's CPU before the actor began
         }
         for name, (start, end) in pieces.items():
             timeline[f"{name}_s"] = _round(end.wall - start.wall if end else None)

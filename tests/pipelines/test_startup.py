@@ -47,6 +47,7 @@ def test_the_watch_puts_each_encoder_on_the_run_timeline():
         "model_source": "cache",
         "process_started_s": 0.5,
         "actor_started_s": 1.0,
+        "worker_boot_cpu_s": 0.2,
         "imports_s": 3.0,
         "imports_cpu_s": 2.8,
         "model_build_s": 0.5,
