@@ -47,15 +47,21 @@ def caption(rng: np.random.Generator) -> str:
     return f"a {words[0]} photo of a {words[1]} {words[2]}, taken with a phone, shared by a user"
 
 
-def write_inputs(directory: Path, n: int, size: str = "camera", seed: int = 0) -> Path:
-    """`n` rows of id, JPEG bytes and a caption, in row groups of 64 (one decode task each)."""
+def write_inputs(directory: Path, n: int, size: str = "camera", seed: int = 0, unique: int | None = None) -> Path:
+    """`n` rows of id, JPEG bytes and a caption, in row groups of 64 (one decode task each).
+
+    `unique` images are generated and repeated to `n` rows (every row is still decoded and
+    encoded): the GPU check needs inputs far larger than it has time to generate.
+    """
     rng = np.random.default_rng(seed)
     images, captions = [], []
-    for _ in range(n):
+    for _ in range(min(n, unique or n)):
         buffer = io.BytesIO()
         photo_like(rng, size).save(buffer, format="JPEG", quality=JPEG_QUALITY)
         images.append(buffer.getvalue())
         captions.append(caption(rng))
+    images = [images[i % len(images)] for i in range(n)]
+    captions = [captions[i % len(captions)] for i in range(n)]
     path = directory / f"in-{size}" / "images.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.table({"id": [f"img-{i}" for i in range(n)], "image": pa.array(images, pa.binary()), "text": captions})

@@ -110,7 +110,7 @@ class Bench:
     work: Path
     parquet: Path
     policy: Path
-    weights: ReferenceWeights
+    weights: ReferenceWeights | None  # written only when a peer runs: ViT-L-14's weights are 1.7 GB
     transform: Callable
 
     @property
@@ -124,10 +124,14 @@ class Bench:
 
 @dataclass(frozen=True)
 class ClipRun:
-    """One clipline run's seconds: end to end, the encoder stage's span, and the run's start-up record."""
+    """One clipline run: seconds end to end and of the encoder stage, and what its summary recorded.
+
+    `record` holds the run's start-up pieces and Ray Data's per-operator stats (wall, rows, task and
+    CPU seconds), which say which side bounded the run.
+    """
 
     timing: Timing
-    startup: dict
+    record: dict
 
 
 def clipline_run(
@@ -162,7 +166,7 @@ def clipline_run(
     if summary.rows_in != summary.ok:
         raise RuntimeError(f"clipline run lost or failed rows: {summary.format()}")
     encoder = next(stage for stage in summary.stages if "EncodeClassifyActor" in stage["name"])
-    return ClipRun(Timing(elapsed, encoder["wall_s"]), summary.startup)
+    return ClipRun(Timing(elapsed, encoder["wall_s"]), {"startup": summary.startup, "operators": summary.stages})
 
 
 def lance_write_only(db: Path, n: int, dim: int, model: ModelConfig) -> Timing:
@@ -186,7 +190,7 @@ def lance_write_only(db: Path, n: int, dim: int, model: ModelConfig) -> Timing:
 
 
 def run_stage(stage: str, bench: Bench, index: int) -> tuple[Timing, dict | None]:
-    """One stage once: its timing, and for clipline runs the start-up record."""
+    """One stage once: its timing, and for clipline runs what the run recorded."""
     args = bench.args
     if stage in ("bare", "bare_captions"):
         return bare_loop(bench.model, bench.parquet, args.batch_size, args.threads, stage == "bare_captions"), None
@@ -201,21 +205,21 @@ def run_stage(stage: str, bench: Bench, index: int) -> tuple[Timing, dict | None
         return lance_write_only(bench.out(stage, index), args.n, bench.dim, bench.model), None
     policy = bench.policy if stage == "moderate" else None
     run = clipline_run(bench, bench.out(stage, index), stage == "captions", policy, bench.cold_db if policy else None)
-    return run.timing, run.startup
+    return run.timing, run.record
 
 
 def timed_round(benches: list[Bench], stages: list[str], index: int) -> dict[str, dict]:
-    """Every stage of every image size once: per size, `<stage>` and `<stage>_steady` seconds, and start-ups."""
-    rounds: dict[str, dict] = {bench.size: {"seconds": {}, "startup": {}} for bench in benches}
+    """Every stage of every image size once: per size, `<stage>` and `<stage>_steady` seconds, and run records."""
+    rounds: dict[str, dict] = {bench.size: {"seconds": {}, "runs": {}} for bench in benches}
     for stage in stages:
         for bench in benches:
-            timing, startup = run_stage(stage, bench, index)
+            timing, record = run_stage(stage, bench, index)
             seconds = rounds[bench.size]["seconds"]
             seconds[stage] = timing.end_to_end
             if timing.steady is not None:
                 seconds[f"{stage}_steady"] = timing.steady
-            if startup:
-                rounds[bench.size]["startup"][stage] = startup
+            if record:
+                rounds[bench.size]["runs"][stage] = record
     return rounds
 
 
@@ -275,13 +279,15 @@ def summarise_size(args: argparse.Namespace, rounds: list[dict], extra: dict) ->
                 ]
     seconds = {stage: statistics.median(s[stage] for s in seconds_per_round) for stage in seconds_per_round[0]}
     seconds.update(extra)
-    startup_stages = {stage for r in rounds for stage in r["startup"]}
+    clipline_stages = {stage for r in rounds for stage in r["runs"]}
     return {
         "seconds": seconds,
         "img_per_s": {stage: args.n / secs for stage, secs in seconds.items() if not stage.startswith("write")},
         "ratios": {name: statistics.median(values) for name, values in per_round.items()},
         "ratios_per_round": per_round,
-        "startup": {stage: startup_medians([r["startup"][stage] for r in rounds]) for stage in sorted(startup_stages)},
+        "startup": {
+            stage: startup_medians([r["runs"][stage]["startup"] for r in rounds]) for stage in sorted(clipline_stages)
+        },
         "rounds": rounds,
     }
 
@@ -368,7 +374,8 @@ def print_table(results: dict) -> None:
             print(f"  {name:<46} {value:.3f}   (rounds: {rounds})")
         for stage, pieces in result["startup"].items():
             print(f"  start-up {stage:<37} " + ", ".join(f"{k} {v:.2f}" for k, v in pieces.items()))
-    print(f"\n  Ray overhead per batch {results['ray_overhead_ms_per_batch']:.1f} ms (no-op actor)")
+    if results["ray_overhead_ms_per_batch"] is not None:
+        print(f"\n  Ray overhead per batch {results['ray_overhead_ms_per_batch']:.1f} ms (no-op actor)")
 
 
 def prepare(args: argparse.Namespace, model: ModelConfig, work: Path, size: str) -> Bench:
@@ -387,9 +394,9 @@ def prepare(args: argparse.Namespace, model: ModelConfig, work: Path, size: str)
         dim=bundle.embed_dim,
         size=size,
         work=work,
-        parquet=write_inputs(work, args.n, size),
+        parquet=write_inputs(work, args.n, size, unique=args.unique_images),
         policy=big_policy(work, args.prompts),
-        weights=ReferenceWeights.write(model, work),
+        weights=ReferenceWeights.write(model, work) if {"lancedb", "raydata"} & set(args.stages) else None,
         transform=bundle.preprocess,
     )
 
@@ -407,6 +414,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--image-size", nargs="+", default=list(IMAGE_SIZES), choices=list(IMAGE_SIZES))
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
     parser.add_argument("--jpeg-decode", default="auto", choices=["auto", "tasks", "encoder"])
+    parser.add_argument("--unique-images", type=int, help="generate this many images and repeat them to --n rows")
+    parser.add_argument(
+        "--ray-overhead", action=argparse.BooleanOptionalAction, default=True, help="time Ray Data's per-batch cost"
+    )
     parser.add_argument("--out", default="benchmarks/results")
     return parser.parse_args(argv)
 
@@ -445,7 +456,7 @@ def main(argv: list[str] | None = None) -> dict:
             "torch": torch.__version__,
         },
         "sizes": {},
-        "ray_overhead_ms_per_batch": ray_overhead_per_batch(args.batch_size) * 1000,
+        "ray_overhead_ms_per_batch": ray_overhead_per_batch(args.batch_size) * 1000 if args.ray_overhead else None,
     }
     for bench in benches:
         extra = {"moderate_cold": cold[bench.size]} if bench.size in cold else {}
