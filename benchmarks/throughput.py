@@ -23,8 +23,8 @@ plus Ray Data's overhead per batch through an actor pool that does nothing. The 
 spell on a shared machine hits every stage; each ratio is the median of its per-round ratios.
 "End to end" is what a user waits on once Ray is up (model loading and worker start included);
 "steady" leaves start-up out where the tool lets it be told apart. Clipline runs also report
-their start-up pieces from the run summary. Results: a table on stdout, `throughput.json` and
-`throughput.png` in `--out`.
+their start-up pieces from the run summary. Results: a table on stdout, `<name>.json` and
+`<name>.png` in `--out` (default `throughput.*`).
 """
 
 from __future__ import annotations
@@ -419,6 +419,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--ray-overhead", action=argparse.BooleanOptionalAction, default=True, help="time Ray Data's per-batch cost"
     )
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--name", default="throughput", help="results go to <out>/<name>.json and <name>.png")
     return parser.parse_args(argv)
 
 
@@ -467,8 +468,8 @@ def main(argv: list[str] | None = None) -> dict:
         )
         result["mean_jpeg_kb"] = mean_jpeg_kb(bench.parquet)
         results["sizes"][bench.size] = result
-    (out / "throughput.json").write_text(json.dumps(results, indent=2))
-    plot(results, out / "throughput.png")
+    (out / f"{args.name}.json").write_text(json.dumps(results, indent=2))
+    plot(results, out / f"{args.name}.png")
     print_table(results)
     return results
 
