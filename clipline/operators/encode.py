@@ -2,8 +2,8 @@
 
 Image rows are embedded from the decoder's uint8 pixels, or from JPEG bytes decoded here on the
 encoder's device (`device_decode.py`) when the decode tasks passed them through; text (captions
-or text-only rows) from the tokenizer. Both are L2-normalised so a dot product is a cosine; image–text pairs also get
-`clip_score`, the cosine between the two (DataComp's filtering signal).
+or text-only rows) from the tokenizer. Both are L2-normalised so a dot product is a cosine;
+image–text pairs also get `clip_score`, the cosine between the two (DataComp's filtering signal).
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def torch_threads_for(cpus: float) -> int:
 class EncodeClip:
     """Adds `image_embedding`, `text_embedding` and `clip_score`; drops the `pixels` and `jpeg` columns.
 
-    With `jpeg_on_device`, JPEGs arrive as bytes in `jpeg` and are decoded on the model's device;
+    JPEGs that the decode tasks passed through as bytes in `jpeg` are decoded here, on the model's
+    device, whatever the configuration said, so no row can pass with neither pixels nor a failure;
     `max_pixels` is the pixel limit for those the device refuses and Pillow decodes instead.
     """
 
@@ -52,7 +53,6 @@ class EncodeClip:
         device: str | None = None,
         storage: StorageConfig | None = None,
         resources: Resources = STATEFUL,
-        jpeg_on_device: bool = False,
         max_pixels: int = 64_000_000,
     ) -> None:
         self.model_config = model
@@ -60,7 +60,6 @@ class EncodeClip:
         self.device = device
         self.storage = storage or StorageConfig()
         self.resources = resources
-        self.jpeg_on_device = jpeg_on_device
         self.max_pixels = max_pixels
         self.bundle: ClipBundle | None = None
         self.jpeg_decoder: DeviceJpegDecoder | None = None
@@ -72,8 +71,7 @@ class EncodeClip:
         if not reusable or state.clip.device != pick_device(self.device):
             state.clip = load_clip(self.model_config, self.device, self.storage)
         self.bundle = state.clip
-        if self.jpeg_on_device:
-            self.jpeg_decoder = DeviceJpegDecoder(self.bundle.image_size, self.max_pixels, self.bundle.device)
+        self.jpeg_decoder = DeviceJpegDecoder(self.bundle.image_size, self.max_pixels, self.bundle.device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.bundle is None:
@@ -104,7 +102,7 @@ class EncodeClip:
         decoded = ok & column_or_nulls(batch, "pixels", pa.binary()).is_valid().to_numpy(zero_copy_only=False)
         jpegs = column_or_nulls(batch, "jpeg", pa.binary())
         passed = ok & jpegs.is_valid().to_numpy(zero_copy_only=False)
-        if self.jpeg_decoder is None or not passed.any():
+        if self.jpeg_decoder is None or not passed.any():  # the decoder exists once setup() ran
             return batch, decoded, self._pixels(batch, decoded)
         rows = np.flatnonzero(decoded | passed)
         size = self.bundle.image_size

@@ -72,7 +72,6 @@ def run_stages(config: JobConfig, policy: Policy | None, encoders: EncoderPlan |
             cpus=encoders.threads,
             storage=config.storage,
             resources=model_resources,
-            jpeg_on_device=jpeg_on_encoder(resources, encoders),
             max_pixels=source.max_image_pixels,
         ),
     ]

@@ -112,7 +112,7 @@ def run_both_paths(model: ModelConfig) -> tuple[pa.Table, pa.Table]:
     device_decode = DecodeImages(size, MAX_PIXELS, 10**8, jpeg_to_encoder=True)
     outputs = []
     for decode, on_device in ((cpu_decode, False), (device_decode, True)):
-        encoder = EncodeClip(model, device="cpu", jpeg_on_device=on_device, max_pixels=MAX_PIXELS)
+        encoder = EncodeClip(model, device="cpu", max_pixels=MAX_PIXELS)
         encoder.setup(WorkerState())
         decoded = decode(input_rows())
         assert ("jpeg" in decoded.column_names) == on_device

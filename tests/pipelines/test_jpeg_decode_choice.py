@@ -25,7 +25,7 @@ GPU_ENCODER = EncoderPlan(actors=1, cpus=1.0, gpus=1.0, threads=1)
         ("tasks", GPU_ENCODER, False),
     ],
 )
-def test_decode_and_encoder_agree_on_where_jpegs_decode(tmp_path, choice, encoders, in_encoder):
+def test_config_and_encoder_gpus_decide_where_jpegs_decode(tmp_path, choice, encoders, in_encoder):
     config = JobConfig(
         source={"paths": ["in.parquet"], "max_image_pixels": 1234},
         sink={"uri": str(tmp_path)},
@@ -34,8 +34,8 @@ def test_decode_and_encoder_agree_on_where_jpegs_decode(tmp_path, choice, encode
     stages = run_stages(config, None, encoders)
     decode = next(stage for stage in stages if isinstance(stage, DecodeImages))
     encode = next(stage for stage in stages if isinstance(stage, EncodeClip))
-    assert decode.jpeg_to_encoder == encode.jpeg_on_device == in_encoder
-    assert encode.max_pixels == 1234
+    assert decode.jpeg_to_encoder == in_encoder
+    assert encode.max_pixels == 1234  # the pixel limit of the encoder's Pillow fallback
 
 
 def test_per_image_extras_keep_every_decode_in_the_tasks():
