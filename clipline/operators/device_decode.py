@@ -21,18 +21,20 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from clipline.operators.decode import RowFailure, decode_image
 
+RESIZE_GROUP = 64
 
-def fit_square_tensor(image: torch.Tensor, size: int) -> torch.Tensor:
-    """(3, H, W) uint8 → (3, size, size) uint8: `decode.fit_square`'s resize and crop, on the image's device."""
-    height, width = image.shape[-2:]
+
+def fit_square_tensor(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(n, 3, H, W) uint8 → (n, 3, size, size) uint8: `decode.fit_square`'s resize and crop, on the images' device."""
+    height, width = images.shape[-2:]
     short, long = sorted((width, height))
     scaled_long = int(size * long / short)
     new_width, new_height = (size, scaled_long) if width <= height else (scaled_long, size)
     resized = torch.nn.functional.interpolate(
-        image[None].float(), size=(new_height, new_width), mode="bicubic", antialias=True, align_corners=False
-    )[0]
+        images.float(), size=(new_height, new_width), mode="bicubic", antialias=True, align_corners=False
+    )
     left, top = round((new_width - size) / 2.0), round((new_height - size) / 2.0)
-    return resized[:, top : top + size, left : left + size].round_().clamp_(0, 255).to(torch.uint8)
+    return resized[..., top : top + size, left : left + size].round_().clamp_(0, 255).to(torch.uint8)
 
 
 class DeviceJpegDecoder:
@@ -50,9 +52,11 @@ class DeviceJpegDecoder:
         """
         pixels = torch.empty((len(jpegs), 3, self.size, self.size), dtype=torch.uint8, device=self.device)
         failures: dict[int, RowFailure] = {}
-        for index, image in enumerate(self._decode(jpegs)):
+        images = self._decode(jpegs)
+        same_size: dict[tuple[int, ...], list[int]] = {}
+        for index, image in enumerate(images):
             if image is not None:
-                pixels[index] = fit_square_tensor(image, self.size)
+                same_size.setdefault(tuple(image.shape), []).append(index)
                 continue
             try:
                 pixels[index] = torch.from_numpy(decode_image(jpegs[index], self.size, self.max_pixels)).permute(
@@ -60,6 +64,13 @@ class DeviceJpegDecoder:
                 )
             except RowFailure as failure:
                 failures[index] = failure
+        # Images of one size resize in one call (uploads from one app often are all one size), in
+        # groups small enough that their float copies stay a few hundred MB.
+        for indices in same_size.values():
+            for start in range(0, len(indices), RESIZE_GROUP):
+                group = indices[start : start + RESIZE_GROUP]
+                resized = fit_square_tensor(torch.stack([images[index] for index in group]), self.size)
+                pixels[torch.tensor(group, device=self.device)] = resized
         return pixels, failures
 
     def _decode(self, jpegs: list[bytes]) -> list[torch.Tensor | None]:

@@ -136,3 +136,12 @@ def test_device_path_gives_the_cpu_paths_outcomes_and_embeddings(model):
         cosines = [float(np.dot(x, y)) for x, y in zip(a, b, strict=True) if x is not None]
         assert min(cosines) >= 0.99, (column, cosines)
     assert sum(v is not None for v in device.column("image_embedding").to_pylist()) == len(GOOD_JPEGS) + 2
+
+
+def test_same_size_images_resized_together_match_each_resized_alone():
+    same = [encode(photo(seed, (640, 480)), "JPEG") for seed in (10, 11, 12)]
+    decoder = DeviceJpegDecoder(224, MAX_PIXELS, torch.device("cpu"))
+    together, _ = decoder([*same, GOOD_JPEGS["portrait"]])
+    for index, data in enumerate([*same, GOOD_JPEGS["portrait"]]):
+        alone, _ = decoder([data])
+        assert torch.equal(together[index], alone[0])
