@@ -86,7 +86,10 @@ def summarise_run(run: Path) -> dict:
         "gpu_util_steady": gpu_steady,
         "decode_cpu_share": round(decode_share, 3) if decode_share is not None else None,
         "operators": {"decode": decode, "encoder": encoder},
-        "bottleneck": bottleneck(gpu_steady["median_pct"], decode_share),
+        # A run shorter than a few samples has none in its steady span: judge it by the whole run.
+        "bottleneck": bottleneck(
+            gpu_steady["median_pct"] if gpu_steady["samples"] else gpu_run["median_pct"], decode_share
+        ),
         "machine": results["machine"],
         "command": results["command"],
     }

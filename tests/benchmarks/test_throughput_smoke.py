@@ -44,7 +44,7 @@ def test_harness_writes_results_for_every_stage(ray_local, tmp_path, capsys):
     run.mkdir(parents=True)
     shutil.copy(tmp_path / "throughput.json", run)
     start = written["sizes"]["phone"]["rounds"][0]["runs"]["embed"]["startup"]["run_started_at"]
-    stamps = [datetime.fromtimestamp(start + 0.5 * i).strftime("%Y/%m/%d %H:%M:%S.%f")[:-3] for i in range(200)]
+    stamps = [datetime.fromtimestamp(start + 0.05 * i).strftime("%Y/%m/%d %H:%M:%S.%f")[:-3] for i in range(4000)]
     (run / "util.csv").write_text("".join(f"{stamp}, 93, 2048\n" for stamp in stamps))
     rows = gpu_summary.main([str(tmp_path / "gpu-work"), "--out", str(tmp_path / "recorded")])
     assert rows[0]["bottleneck"].startswith("GPU") and rows[0]["gpu_util_steady"]["median_pct"] == 93
