@@ -5,16 +5,20 @@
 #
 #   benchmarks/gpu_check.sh [ViT-B-32] [ViT-L-14]        (default: both)
 #
-# Records img/s end to end and steady (the encoder stage's span), GPU utilisation (nvidia-smi every
-# 0.5 s, over each run's own span) and the bottleneck, as gpu-check.json and gpu-check.md in
+# First runs tests/operators/test_device_decode.py, which then runs on CUDA too. Then records img/s
+# end to end and steady (the encoder stage's span), GPU utilisation (nvidia-smi every 0.5 s, over
+# each run's own span) and the bottleneck, as gpu-check.json and gpu-check.md in
 # RECORD_DIR (default benchmarks/recorded; set RECORD_DIR=$OUT on the device machine, whose $OUT
 # returns at most 8 files: the raw per-run results stay in WORK_DIR).
 #
 # Needs a Python (PYTHON, default python3) that imports clipline's dependencies (pyproject.toml):
-# it checks them first and names the missing ones. Sizes: N_B32 / N_L14 rows per run, made of
-# UNIQUE photos repeated (every row is still decoded and encoded); STAGES (default: embed) is
-# passed to the harness's --stages. Eight runs at the default sizes are meant to fit one
-# 10-minute command on a 16-core H200 machine; run one model per command if they do not.
+# it checks them first and names the missing ones (on the lent H200 machines torch, torchvision,
+# pyarrow and pillow are there; ray, open_clip_torch, lancedb, pydantic and ftfy must be carried as
+# wheels, pinned as in constraints.txt; check the Ray wheel's size against a call's carry limit).
+# Sizes: N_B32 / N_L14 rows per run, made of UNIQUE photos repeated (every row is still decoded and
+# encoded); STAGES (default: embed) is passed to the harness's --stages. The default sizes are not
+# yet tried on a GPU: if eight runs overrun one command's time, run one model per command
+# (benchmarks/gpu_check.sh ViT-B-32, then ViT-L-14 with the same WORK_DIR) or lower N_B32 / N_L14.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,6 +47,10 @@ print("gpu_check:", torch.cuda.get_device_name(0), "torch", torch.__version__)
 EOF
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$WORK_DIR/device.csv"
 mkdir -p "$RECORD_DIR"
+
+# GPU decode on CUDA first: same outcomes as the CPU path, embeddings at cosine >= 0.99.
+"$PYTHON" -m pytest -q -p no:cacheprovider tests/operators/test_device_decode.py 2>&1 \
+  | tee "$WORK_DIR/device-decode-tests.txt" || true
 
 for model in "${MODELS[@]}"; do
   n=$N_B32

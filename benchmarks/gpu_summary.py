@@ -111,6 +111,11 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def last_line(path: Path) -> str | None:
+    lines = path.read_text().strip().splitlines() if path.exists() else []
+    return lines[-1] if lines else None
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_summary", description=__doc__.split("\n\n")[0])
     parser.add_argument("work", type=Path)
@@ -118,11 +123,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     runs = sorted(path.parent for path in args.work.glob("*/throughput.json"))
     rows = [summarise_run(run) for run in runs]
-    device = (args.work / "device.csv").read_text().strip() if (args.work / "device.csv").exists() else None
+    device = last_line(args.work / "device.csv")
+    tests = last_line(args.work / "device-decode-tests.txt")  # pytest's summary line
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu-check.json").write_text(json.dumps({"device": device, "runs": rows}, indent=2))
+    (args.out / "gpu-check.json").write_text(
+        json.dumps({"device": device, "device_decode_tests": tests, "runs": rows}, indent=2)
+    )
     table = markdown(rows)
-    (args.out / "gpu-check.md").write_text(f"Device: {device}\n\n{table}")
+    (args.out / "gpu-check.md").write_text(f"Device: {device}\n\nGPU decode tests: {tests}\n\n{table}")
     print(table)
     return rows
 

@@ -18,6 +18,8 @@ from clipline.schemas.table import ErrorCode
 from tests.operators.images import asymmetric, encode, png_with_declared_size
 
 MAX_PIXELS = 10**8
+# The same tests run on a GPU where there is one (benchmarks/gpu_check.sh runs them first).
+DEVICES = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
 EXIF_ROTATE_90 = 6
 
 
@@ -75,8 +77,9 @@ def test_header_checks_run_before_anything_passes_through():
     assert too_large.value.code == ErrorCode.IMAGE_TOO_LARGE
 
 
-def test_a_jpeg_the_device_refuses_gets_pillows_outcome():
-    decoder = DeviceJpegDecoder(64, MAX_PIXELS, torch.device("cpu"))
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_jpeg_the_device_refuses_gets_pillows_outcome(device):
+    decoder = DeviceJpegDecoder(64, MAX_PIXELS, torch.device(device))
     _, failures = decoder([GOOD_JPEGS["small"], CORRUPT_WITH_END, GOOD_JPEGS["greyscale"]])
     with pytest.raises(RowFailure) as pillow:
         decode_image(CORRUPT_WITH_END, 64, MAX_PIXELS)
@@ -106,13 +109,13 @@ def input_rows() -> pa.Table:
     )
 
 
-def run_both_paths(model: ModelConfig) -> tuple[pa.Table, pa.Table]:
+def run_both_paths(model: ModelConfig, device: str = "cpu") -> tuple[pa.Table, pa.Table]:
     size = image_size_for(model.arch)
     cpu_decode = DecodeImages(size, MAX_PIXELS, 10**8)
     device_decode = DecodeImages(size, MAX_PIXELS, 10**8, jpeg_to_encoder=True)
     outputs = []
     for decode, on_device in ((cpu_decode, False), (device_decode, True)):
-        encoder = EncodeClip(model, device="cpu", max_pixels=MAX_PIXELS)
+        encoder = EncodeClip(model, device=device, max_pixels=MAX_PIXELS)
         encoder.setup(WorkerState())
         decoded = decode(input_rows())
         assert ("jpeg" in decoded.column_names) == on_device
@@ -121,8 +124,10 @@ def run_both_paths(model: ModelConfig) -> tuple[pa.Table, pa.Table]:
 
 
 @pytest.mark.parametrize("model", [{}, {"arch": "ViT-B-32", "pretrained": "none"}], ids=["tiny", "vit-b-32"])
-def test_device_path_gives_the_cpu_paths_outcomes_and_embeddings(tmp_path, model):
-    pillow, device = run_both_paths(ModelConfig(**model, cache_dir=str(tmp_path)))  # no 600 MB left in ~/.cache
+@pytest.mark.parametrize("device_name", DEVICES)
+def test_device_path_gives_the_cpu_paths_outcomes_and_embeddings(tmp_path, model, device_name):
+    config = ModelConfig(**model, cache_dir=str(tmp_path))  # no 600 MB left in ~/.cache
+    pillow, device = run_both_paths(config, device_name)
     for column in ("id", "status", "error_code", "error_message", "content_sha256"):
         assert device.column(column).to_pylist() == pillow.column(column).to_pylist(), column
     assert "jpeg" not in device.column_names and "pixels" not in device.column_names
