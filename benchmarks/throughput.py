@@ -1,42 +1,61 @@
-"""Throughput harness: clipline against a bare open_clip loop, as ratios measured in one run.
+"""Throughput harness: clipline against bare open_clip loops and two peers, as ratios of equal work.
 
-    python -m benchmarks.throughput [--model ViT-B-32 --pretrained none] [--n 512] [--threads 2] [--repeats 3]
+    python -m benchmarks.throughput [--model ViT-B-32 --pretrained none] [--n 512] [--repeats 3]
+        [--image-size phone camera] [--threads 2] [--batch-size 32] [--jpeg-decode auto]
 
-All stages run on the same generated JPEG parquet and the same model:
-  (a) bare      Pillow decode + open_clip preprocess + encode_image in batches, no Ray, `--threads` threads
-  (b) embed     the clipline pipeline, embedding only
-  (c) moderate  the pipeline with a policy of >= `--prompts` prompts, its prompt embeddings already
-                cached next to the table (a scheduled run's steady state); the first run with the
-                policy, which encodes the prompts, is timed once as `moderate_cold`
-  (d) write     LanceDB staging + one merge commit of the same number of rows, alone
-plus Ray Data's overhead per batch through an actor pool that does nothing. Stages (a)-(d) run
-`--repeats` rounds, interleaved so that a slow spell on a shared machine hits every stage; each
-ratio is the median of its per-round ratios. Times are end to end for what a user waits on (model
-loading and worker start included, Ray's own start excluded). Results go to a table on stdout,
-`throughput.json` and `throughput.png` in `--out`.
+On the same generated JPEG parquet (captioned photos; see benchmarks/inputs.py) and the same model:
+
+  images only
+    bare           Pillow decode + open_clip preprocess + encode_image in batches, no Ray
+    embed          the clipline pipeline, the caption column left out
+    lancedb        LanceDB's `open-clip` embedding function on `table.add()` of the image bytes
+    raydata        Ray Data's batch-inference pattern (read_parquet, map, map_batches actor, write)
+  images + captions
+    bare_captions  the bare loop plus the text tower and clip_score, batch for batch
+    captions       the clipline pipeline on the captioned rows (its default)
+  moderation
+    moderate       `embed` with a policy of >= `--prompts` prompts, prompt embeddings already cached;
+                   the first run with the policy, which encodes the prompts, is timed once (`moderate_cold`)
+    write          LanceDB staging + one merge commit of the same number of rows, alone
+
+plus Ray Data's overhead per batch through an actor pool that does nothing. The stages run in
+`--repeats` rounds, interleaved (every stage of every image size once per round) so that a slow
+spell on a shared machine hits every stage; each ratio is the median of its per-round ratios.
+"End to end" is what a user waits on once Ray is up (model loading and worker start included);
+"steady" leaves start-up out where the tool lets it be told apart. Clipline runs also report
+their start-up pieces from the run summary. Results: a table on stdout, `<name>.json` and
+`<name>.png` in `--out` (default `throughput.*`).
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
+import os
 import platform
+import shlex
 import shutil
 import statistics
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 import torch
-import yaml
-from PIL import Image
 
+from benchmarks.inputs import IMAGE_SIZES, big_policy, write_inputs
+from benchmarks.references import (
+    ReferenceWeights,
+    Timing,
+    bare_loop,
+    lancedb_open_clip,
+    ray_data_batch_inference,
+)
 from clipline.models.loader import load_clip
 from clipline.operators.columns import embedding_array
 from clipline.pipelines.plan import ensure_ray
@@ -46,138 +65,111 @@ from clipline.schemas.config import JobConfig, ModelConfig
 from clipline.schemas.table import output_schema
 from clipline.table.store import ClipTable, Sidecars
 
-
-def photo_like(rng: np.random.Generator) -> Image.Image:
-    """A smooth gradient with blobs and sensor noise at a camera-ish size: JPEG sizes like real uploads."""
-    width, height = int(rng.integers(480, 1024)), int(rng.integers(360, 768))
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = np.stack([x / width * 255, y / height * 255, (x + y) / (width + height) * 255], axis=-1)
-    for _ in range(4):
-        cx, cy, radius = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(30, 200)
-        blob = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * radius**2))[..., None]
-        base = base * (1 - blob) + rng.uniform(0, 255, 3) * blob
-    base += rng.normal(0, 6, base.shape)
-    return Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
-
-
-def write_inputs(directory: Path, n: int, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    images = []
-    for _ in range(n):
-        buffer = io.BytesIO()
-        photo_like(rng).save(buffer, format="JPEG", quality=85)
-        images.append(buffer.getvalue())
-    path = directory / "in" / "images.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ids = [f"img-{i}" for i in range(n)]
-    pq.write_table(pa.table({"id": ids, "image": pa.array(images, pa.binary())}), path, row_group_size=64)
-    return path
-
-
-def big_policy(directory: Path, prompts: int) -> Path:
-    """A policy with at least `prompts` prompts (templates not counted), for the moderation cost."""
-    per_category = 10
-    categories = [
-        {
-            "name": f"c{i}",
-            "positive": [f"concept {i} variant {j}" for j in range(per_category // 2)],
-            "negative": [f"other thing {i} variant {j}" for j in range(per_category // 2)],
-            "review_threshold": 0.5,
-            "block_threshold": 0.9,
-        }
-        for i in range(-(-prompts // per_category))
-    ]
-    path = directory / "policy.yaml"
-    path.write_text(yaml.safe_dump({"name": "bench", "version": "1", "categories": categories}))
-    return path
+# stage → (label, bar label, kind of work); the order is the order of a round and of the printed table.
+STAGES = {
+    "bare": ("bare open_clip loop", "bare loop", "reference"),
+    "embed": ("clipline", "clipline", "clipline"),
+    "lancedb": ("LanceDB open-clip embedding function", "LanceDB\nopen-clip fn", "peer"),
+    "raydata": ("Ray Data batch-inference pattern", "Ray Data\nbatch inference", "peer"),
+    "bare_captions": ("bare loop, image + text towers + clip_score", "bare loop\n+ captions", "reference"),
+    "captions": ("clipline, captions (default)", "clipline\n+ captions", "clipline"),
+    "moderate": ("clipline + policy, prompts cached", "clipline\n+ policy", "clipline"),
+    "write": ("Lance staging + merge commit only", "", "write"),
+}
+COLD = ("  first run, prompts encoded", "first run,\nprompts encoded", "clipline")
+# ratio → (reference stage, clipline stage): reference seconds / clipline seconds, so > 1 = clipline faster.
+RATIOS = {
+    "clipline_over_bare": ("bare", "embed"),
+    "clipline_captions_over_bare_captions": ("bare_captions", "captions"),
+    "clipline_over_lancedb": ("lancedb", "embed"),
+    "clipline_over_raydata": ("raydata", "embed"),
+    "moderation_over_embedding": ("embed", "moderate"),
+}
+CAPTION_COLUMN_LEFT_OUT = "caption_not_read"  # a column the inputs lack: image-only runs on captioned data
+STARTUP_PIECES = ("planned_s", "first_batch_encoded_s")
+ENCODER_PIECES = (
+    "actor_started_s",
+    "worker_boot_cpu_s",
+    "imports_s",
+    "imports_cpu_s",
+    "model_build_s",
+    "model_build_cpu_s",
+    "first_batch_s",
+    "first_batch_cpu_s",
+)
 
 
-def bare_loop(model: ModelConfig, parquet: Path, batch_size: int, threads: int) -> tuple[float, float]:
-    """The reference: what a careful engineer writes without a pipeline.
+@dataclass(frozen=True)
+class Bench:
+    """What every round shares for one image size: the model, the generated inputs, where outputs go."""
 
-    Returns (seconds with the model load, seconds of the loop alone).
+    args: argparse.Namespace
+    model: ModelConfig
+    dim: int
+    size: str
+    work: Path
+    parquet: Path
+    policy: Path
+    weights: ReferenceWeights | None  # written only when a peer runs: ViT-L-14's weights are 1.7 GB
+    transform: Callable
+
+    @property
+    def cold_db(self) -> Path:
+        """The first moderation run's database: its prompt cache seeds every later moderation run."""
+        return self.work / f"db-{self.size}-moderate-cold"
+
+    def out(self, stage: str, index: int) -> Path:
+        return self.work / f"{stage}-{self.size}-{index}"
+
+
+@dataclass(frozen=True)
+class ClipRun:
+    """One clipline run: seconds end to end and of the encoder stage, and what its summary recorded.
+
+    `record` holds the run's start-up pieces and Ray Data's per-operator stats (wall, rows, task and
+    CPU seconds), which say which side bounded the run.
     """
-    torch.set_num_threads(threads)
-    images = pq.read_table(parquet, columns=["image"]).column("image").to_pylist()
-    started = time.perf_counter()
-    bundle = load_clip(model)
-    loop_started = time.perf_counter()
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            batch = [
-                bundle.preprocess(Image.open(io.BytesIO(data)).convert("RGB"))
-                for data in images[start : start + batch_size]
-            ]
-            features = bundle.model.encode_image(torch.stack(batch))
-            torch.nn.functional.normalize(features, dim=-1)
-    finished = time.perf_counter()
-    return finished - started, finished - loop_started
+
+    timing: Timing
+    record: dict
 
 
-def pipeline_run(
-    model: ModelConfig,
-    parquet: Path,
-    db: Path,
-    policy: Path | None,
-    batch_size: int,
-    threads: int,
-    prompt_banks_from: Path | None = None,
-) -> tuple[float, float]:
-    """One run into a new table; `prompt_banks_from` is a database whose cached prompt embeddings it starts with.
+def clipline_run(
+    bench: Bench, db: Path, captions: bool, policy: Path | None = None, banks: Path | None = None
+) -> ClipRun:
+    """One run into a new table; `banks` is a database whose cached prompt embeddings it starts with.
 
-    Returns (seconds end to end, seconds of the encoder stage from its first batch to its last,
-    as Ray Data recorded it: the steady state, without worker start-up).
+    The steady figure is the encoder stage from its first batch to its last, as Ray Data recorded it.
     """
-    if prompt_banks_from is not None:
-        shutil.copytree(Sidecars(str(prompt_banks_from)).prompt_banks, Sidecars(str(db)).prompt_banks)
+    if banks is not None:
+        shutil.copytree(Sidecars(str(banks)).prompt_banks, Sidecars(str(db)).prompt_banks)
+    args = bench.args
+    source: dict = {"paths": [str(bench.parquet)]}
+    if not captions:
+        source["columns"] = {"text": CAPTION_COLUMN_LEFT_OUT}
     config = JobConfig.model_validate(
         {
-            "source": {"paths": [str(parquet)]},
-            "model": model.model_dump(exclude_none=True),
+            "source": source,
+            "model": bench.model.model_dump(exclude_none=True),
             "policy": str(policy) if policy else None,
             "sink": {"uri": str(db)},
-            "resources": {"batch_size": batch_size, "torch_threads": threads},
+            "resources": {
+                "batch_size": args.batch_size,
+                "torch_threads": args.threads,
+                "jpeg_decode": args.jpeg_decode,
+            },
         }
     )
     started = time.perf_counter()
     summary = run_job(config, RunOptions(full=True))
     elapsed = time.perf_counter() - started
-    assert summary.rows_in == summary.ok, summary
+    if summary.rows_in != summary.ok:
+        raise RuntimeError(f"clipline run lost or failed rows: {summary.format()}")
     encoder = next(stage for stage in summary.stages if "EncodeClassifyActor" in stage["name"])
-    return elapsed, encoder["wall_s"]
+    return ClipRun(Timing(elapsed, encoder["wall_s"]), {"startup": summary.startup, "operators": summary.stages})
 
 
-@dataclass(frozen=True)
-class Bench:
-    """What every round shares: the model, the generated inputs, and where the tables go."""
-
-    model: ModelConfig
-    dim: int
-    work: Path
-    parquet: Path
-    policy: Path
-
-    @property
-    def cold_db(self) -> Path:
-        """The first moderation run's database: its prompt cache seeds every later moderation run."""
-        return self.work / "db-moderate-cold"
-
-
-def timed_round(args: argparse.Namespace, bench: Bench, index: int) -> dict:
-    """(a)-(d) once: end-to-end seconds per stage, and `<stage>_steady` without start-up."""
-    model, parquet, work = bench.model, bench.parquet, bench.work
-    run = {"batch_size": args.batch_size, "threads": args.threads}
-    seconds = {}
-    seconds["bare"], seconds["bare_steady"] = bare_loop(model, parquet, args.batch_size, args.threads)
-    seconds["embed"], seconds["embed_steady"] = pipeline_run(model, parquet, work / f"db-embed-{index}", None, **run)
-    seconds["moderate"], seconds["moderate_steady"] = pipeline_run(
-        model, parquet, work / f"db-moderate-{index}", bench.policy, **run, prompt_banks_from=bench.cold_db
-    )
-    seconds["write"] = lance_write_only(work / f"db-write-{index}", args.n, bench.dim, model)
-    return seconds
-
-
-def lance_write_only(db: Path, n: int, dim: int, model: ModelConfig) -> float:
+def lance_write_only(db: Path, n: int, dim: int, model: ModelConfig) -> Timing:
     vectors = np.random.default_rng(0).normal(size=(n, dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     rows = pa.table(
@@ -195,7 +187,41 @@ def lance_write_only(db: Path, n: int, dim: int, model: ModelConfig) -> float:
     started = time.perf_counter()
     table = ClipTable.open_or_create(str(db), "media", output_schema(dim, model))
     commit_encoded(config, table, rows)
-    return time.perf_counter() - started
+    return Timing(time.perf_counter() - started)
+
+
+def run_stage(stage: str, bench: Bench, index: int) -> tuple[Timing, dict | None]:
+    """One stage once: its timing, and for clipline runs what the run recorded."""
+    args = bench.args
+    if stage in ("bare", "bare_captions"):
+        return bare_loop(bench.model, bench.parquet, args.batch_size, args.threads, stage == "bare_captions"), None
+    if stage == "lancedb":
+        return lancedb_open_clip(bench.weights, bench.parquet, bench.out(stage, index), args.batch_size), None
+    if stage == "raydata":
+        timing = ray_data_batch_inference(
+            bench.weights, bench.transform, bench.parquet, bench.out(stage, index), args.batch_size
+        )
+        return timing, None
+    if stage == "write":
+        return lance_write_only(bench.out(stage, index), args.n, bench.dim, bench.model), None
+    policy = bench.policy if stage == "moderate" else None
+    run = clipline_run(bench, bench.out(stage, index), stage == "captions", policy, bench.cold_db if policy else None)
+    return run.timing, run.record
+
+
+def timed_round(benches: list[Bench], stages: list[str], index: int) -> dict[str, dict]:
+    """Every stage of every image size once: per size, `<stage>` and `<stage>_steady` seconds, and run records."""
+    rounds: dict[str, dict] = {bench.size: {"seconds": {}, "runs": {}} for bench in benches}
+    for stage in stages:
+        for bench in benches:
+            timing, record = run_stage(stage, bench, index)
+            seconds = rounds[bench.size]["seconds"]
+            seconds[stage] = timing.end_to_end
+            if timing.steady is not None:
+                seconds[f"{stage}_steady"] = timing.steady
+            if record:
+                rounds[bench.size]["runs"][stage] = record
+    return rounds
 
 
 class NoOp:
@@ -228,64 +254,197 @@ def ray_overhead_per_batch(batch_size: int, few: int = 10, many: int = 60) -> fl
     return (noop_pass_seconds(many, batch_size) - noop_pass_seconds(few, batch_size)) / (many - few)
 
 
+def startup_medians(startups: list[dict]) -> dict[str, float]:
+    """Median of each start-up piece over rounds: the run's own, then its (first) encoder's."""
+    pieces: dict[str, list[float]] = {}
+    for startup in startups:
+        encoder = (startup.get("encoders") or [{}])[0]
+        for name, value in [
+            *((p, startup.get(p)) for p in STARTUP_PIECES),
+            *((p, encoder.get(p)) for p in ENCODER_PIECES),
+        ]:
+            if isinstance(value, int | float):
+                pieces.setdefault(name, []).append(value)
+    return {name: round(statistics.median(values), 3) for name, values in pieces.items()}
+
+
+def summarise_size(args: argparse.Namespace, rounds: list[dict], extra: dict) -> dict:
+    """Medians over rounds for one image size; each ratio is the median of its per-round ratios (paired)."""
+    seconds_per_round = [r["seconds"] for r in rounds]
+    per_round: dict[str, list[float]] = {}
+    for name, (reference, ours) in RATIOS.items():
+        for suffix in ("", "_steady"):
+            if all(f"{reference}{suffix}" in s and f"{ours}{suffix}" in s for s in seconds_per_round):
+                per_round[f"{name}{suffix}"] = [
+                    s[f"{reference}{suffix}"] / s[f"{ours}{suffix}"] for s in seconds_per_round
+                ]
+    seconds = {stage: statistics.median(s[stage] for s in seconds_per_round) for stage in seconds_per_round[0]}
+    seconds.update(extra)
+    clipline_stages = {stage for r in rounds for stage in r["runs"]}
+    return {
+        "seconds": seconds,
+        "img_per_s": {stage: args.n / secs for stage, secs in seconds.items() if not stage.startswith("write")},
+        "ratios": {name: statistics.median(values) for name, values in per_round.items()},
+        "ratios_per_round": per_round,
+        "startup": {
+            stage: startup_medians([r["runs"][stage]["startup"] for r in rounds]) for stage in sorted(clipline_stages)
+        },
+        "rounds": rounds,
+    }
+
+
+def mean_jpeg_kb(parquet: Path) -> float:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    return pc.mean(pc.binary_length(pq.read_table(parquet, columns=["image"]).column("image"))).as_py() / 1024
+
+
 def plot(results: dict, path: Path) -> None:
-    """Img/s per stage, end to end and in the steady state, each round a dot behind its median bar."""
+    """Img/s per stage and image size, end to end (solid) and steady (hatched), each round a dot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    stages = {
-        "bare": ("(a) bare loop", "#888"),
-        "embed": ("(b) pipeline\nembed only", "#3b7dd8"),
-        "moderate": ("(c) pipeline\n+ moderation", "#d8893b"),
-        "moderate_cold": ("(c) first run,\nprompts encoded", "#e8c39b"),
-    }
-    figure, axis = plt.subplots(figsize=(8, 4))
-    width = 0.38
-    for offset, suffix, hatch, label in ((-width / 2, "", None, "end to end"), (width / 2, "_steady", "//", "steady")):
-        names = [stage for stage in stages if f"{stage}{suffix}" in results["img_per_s"]]
-        positions = [list(stages).index(stage) + offset for stage in names]
-        bars = axis.bar(
-            positions,
-            [results["img_per_s"][f"{stage}{suffix}"] for stage in names],
-            width=width,
-            color=[stages[stage][1] for stage in names],
-            hatch=hatch,
-            edgecolor="white",
-            label=label,
+    sizes = list(results["sizes"])
+    colours = {"reference": "#888", "clipline": "#3b7dd8", "peer": "#4f9d69"}
+    figure, axes = plt.subplots(len(sizes), 1, figsize=(11, 3.6 * len(sizes)), squeeze=False)
+    for axis, size in zip(axes[:, 0], sizes, strict=True):
+        result = results["sizes"][size]
+        labels = {**STAGES, "moderate_cold": COLD}
+        names = [stage for stage in labels if stage in result["img_per_s"]]
+        for offset, suffix, hatch in ((-0.2, "", None), (0.2, "_steady", "//")):
+            shown = [(i, stage) for i, stage in enumerate(names) if f"{stage}{suffix}" in result["img_per_s"]]
+            bars = axis.bar(
+                [i + offset for i, _ in shown],
+                [result["img_per_s"][f"{stage}{suffix}"] for _, stage in shown],
+                width=0.4,
+                color=[colours[labels[stage][2]] for _, stage in shown],
+                hatch=hatch,
+                edgecolor="white",
+                label="steady" if suffix else "end to end",
+            )
+            axis.bar_label(bars, fmt="%.1f", fontsize="x-small")
+            for i, stage in shown:
+                dots = [
+                    results["n"] / r["seconds"][f"{stage}{suffix}"]
+                    for r in result["rounds"]
+                    if f"{stage}{suffix}" in r["seconds"]
+                ]
+                axis.plot([i + offset] * len(dots), dots, "k.", markersize=3)
+        axis.set_xticks(
+            range(len(names)),
+            [labels[stage][1] for stage in names],
+            fontsize="x-small",
         )
-        axis.bar_label(bars, fmt="%.1f", fontsize="small")
-        for position, stage in zip(positions, names, strict=True):
-            rounds = [results["n"] / r[f"{stage}{suffix}"] for r in results["rounds"] if f"{stage}{suffix}" in r]
-            axis.plot([position] * len(rounds), rounds, "k.", markersize=4)
-    axis.set_xticks(range(len(stages)), [label for label, _ in stages.values()])
-    axis.set_ylabel("images / s")
-    axis.legend(loc="upper right", fontsize="small")
-    axis.set_title(
-        f"{results['model']} on {results['machine']['cpus']:g} CPUs, n={results['n']}, "
-        f"median of {results['repeats']} rounds (dots: each round)"
+        axis.set_ylabel("images / s")
+        axis.set_title(
+            f"{size} photos ({result['image_size']}, {result['mean_jpeg_kb']:.0f} KB JPEG)", fontsize="small"
+        )
+        axis.legend(loc="upper right", fontsize="x-small")
+    figure.suptitle(
+        f"{results['model']} on {results['machine']['cpus']:g} CPUs, n={results['n']}, batch {results['batch_size']}, "
+        f"median of {results['repeats']} rounds (dots: each round)",
+        fontsize="small",
     )
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
 
-def summarise(
-    args: argparse.Namespace, model: ModelConfig, rounds: list[dict], moderate_cold: float, overhead: float
-) -> dict:
-    """Medians over rounds; each ratio is the median of its per-round ratios (paired, so drift cancels)."""
-    per_round_ratios = {
-        "pipeline_over_bare": [r["bare"] / r["embed"] for r in rounds],
-        "moderation_over_embedding": [r["embed"] / r["moderate"] for r in rounds],
-        "pipeline_over_bare_steady": [r["bare_steady"] / r["embed_steady"] for r in rounds],
-        "moderation_over_embedding_steady": [r["embed_steady"] / r["moderate_steady"] for r in rounds],
-    }
-    seconds = {stage: statistics.median(r[stage] for r in rounds) for stage in rounds[0]}
-    seconds["moderate_cold"] = moderate_cold
-    return {
+def print_table(results: dict) -> None:
+    setup = f"n={results['n']}, batch {results['batch_size']}, {results['threads']} threads"
+    print(f"\n{results['model']} ({results['pretrained']}), {setup}, medians of {results['repeats']} rounds")
+    for size, result in results["sizes"].items():
+        rates, seconds = result["img_per_s"], result["seconds"]
+        print(f"\n {size} photos ({result['image_size']}, mean JPEG {result['mean_jpeg_kb']:.0f} KB)")
+        print(f"  {'':<46} {'end to end':>17} {'steady':>12}")
+        for stage, (label, _, kind) in [*STAGES.items(), ("moderate_cold", COLD)]:
+            if stage not in seconds:
+                continue
+            line = f"  {label:<46} "
+            line += (
+                f"{seconds[stage]:16.2f} s" if kind == "write" else f"{rates[stage]:6.2f} img/s {seconds[stage]:5.1f} s"
+            )
+            if f"{stage}_steady" in rates:
+                line += f" {rates[f'{stage}_steady']:6.2f} img/s"
+            print(line)
+        for name, value in result["ratios"].items():
+            rounds = ", ".join(f"{v:.3f}" for v in result["ratios_per_round"][name])
+            print(f"  {name:<46} {value:.3f}   (rounds: {rounds})")
+        for stage, pieces in result["startup"].items():
+            print(f"  start-up {stage:<37} " + ", ".join(f"{k} {v:.2f}" for k, v in pieces.items()))
+    if results["ray_overhead_ms_per_batch"] is not None:
+        print(f"\n  Ray overhead per batch {results['ray_overhead_ms_per_batch']:.1f} ms (no-op actor)")
+
+
+def prepare(args: argparse.Namespace, model: ModelConfig, work: Path, size: str) -> Bench:
+    """Inputs, policy and reference weights for one image size; warms this process's model code once.
+
+    The in-process stages (bare loops, LanceDB) would otherwise pay torch's first-call costs in
+    whichever of them runs first.
+    """
+    bundle = load_clip(model, "cpu")
+    with torch.inference_mode():
+        bundle.model.encode_image(torch.zeros(2, 3, bundle.image_size, bundle.image_size))
+        bundle.model.encode_text(bundle.tokenizer(["warm up"] * 2))
+    return Bench(
+        args=args,
+        model=model,
+        dim=bundle.embed_dim,
+        size=size,
+        work=work,
+        parquet=write_inputs(work, args.n, size, unique=args.unique_images),
+        policy=big_policy(work, args.prompts),
+        weights=ReferenceWeights.write(model, work) if {"lancedb", "raydata"} & set(args.stages) else None,
+        transform=bundle.preprocess,
+    )
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--pretrained", default="none")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--n", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--prompts", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; medians are reported")
+    parser.add_argument("--image-size", nargs="+", default=list(IMAGE_SIZES), choices=list(IMAGE_SIZES))
+    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
+    parser.add_argument("--jpeg-decode", default="auto", choices=["auto", "tasks", "encoder"])
+    parser.add_argument("--unique-images", type=int, help="generate this many images and repeat them to --n rows")
+    parser.add_argument(
+        "--ray-overhead", action=argparse.BooleanOptionalAction, default=True, help="time Ray Data's per-batch cost"
+    )
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--name", default="throughput", help="results go to <out>/<name>.json and <name>.png")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse(argv)
+    os.environ.setdefault("TQDM_DISABLE", "1")  # LanceDB's per-batch progress bars, throttled anyway: output only
+    pretrained = None if args.model == "clipline-tiny" and args.pretrained == "bundled" else args.pretrained
+    model = ModelConfig(arch=args.model, pretrained=pretrained, precision=args.precision)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="clipline-bench-"))
+    ensure_ray(None)
+    benches = [prepare(args, model, work, size) for size in args.image_size]
+    cold = {}
+    if "moderate" in args.stages:
+        for bench in benches:
+            cold[bench.size] = clipline_run(bench, bench.cold_db, False, bench.policy).timing.end_to_end
+    rounds = [timed_round(benches, args.stages, index) for index in range(args.repeats)]
+    results = {
+        "command": "python -m benchmarks.throughput " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "model": args.model,
         "pretrained": model.weights_label,
+        "precision": args.precision,
+        "jpeg_decode": args.jpeg_decode,
         "n": args.n,
         "batch_size": args.batch_size,
         "threads": args.threads,
@@ -293,77 +452,27 @@ def summarise(
         "repeats": args.repeats,
         "machine": {
             "cpus": ray.cluster_resources().get("CPU"),
+            "gpus": ray.cluster_resources().get("GPU", 0),
+            "gpu_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "platform": platform.platform(),
             "torch": torch.__version__,
         },
-        "seconds": seconds,
-        "rounds": rounds,
-        "img_per_s": {stage: args.n / secs for stage, secs in seconds.items() if stage != "write"},
-        "startup_s": {
-            stage: statistics.median(r[stage] - r[f"{stage}_steady"] for r in rounds)
-            for stage in ("bare", "embed", "moderate")
-        },
-        "ratios": {name: statistics.median(values) for name, values in per_round_ratios.items()},
-        "ratios_per_round": per_round_ratios,
-        "lance_write_share_of_pipeline": statistics.median(r["write"] / r["embed"] for r in rounds),
-        "ray_overhead_ms_per_batch": overhead * 1000,
+        "sizes": {},
+        "ray_overhead_ms_per_batch": ray_overhead_per_batch(args.batch_size) * 1000 if args.ray_overhead else None,
     }
-
-
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="ViT-B-32")
-    parser.add_argument("--pretrained", default="none")
-    parser.add_argument("--n", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--prompts", type=int, default=200)
-    parser.add_argument("--repeats", type=int, default=3, help="rounds of (a)-(d); medians are reported")
-    parser.add_argument("--out", default="benchmarks/results")
-    args = parser.parse_args(argv)
-    model = ModelConfig(arch=args.model, pretrained=args.pretrained)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="clipline-bench-"))
-    ensure_ray(None)
-    bench = Bench(model, load_clip(model).embed_dim, work, write_inputs(work, args.n), big_policy(work, args.prompts))
-    moderate_cold, _ = pipeline_run(model, bench.parquet, bench.cold_db, bench.policy, args.batch_size, args.threads)
-    rounds = [timed_round(args, bench, index) for index in range(args.repeats)]
-    results = summarise(args, model, rounds, moderate_cold, ray_overhead_per_batch(args.batch_size))
-    (out / "throughput.json").write_text(json.dumps(results, indent=2))
-    plot(results, out / "throughput.png")
+    for bench in benches:
+        extra = {"moderate_cold": cold[bench.size]} if bench.size in cold else {}
+        result = summarise_size(args, [r[bench.size] for r in rounds], extra)
+        (min_w, max_w), (min_h, max_h) = IMAGE_SIZES[bench.size]
+        result["image_size"] = (
+            f"{min_w}x{min_h}" if (min_w, min_h) == (max_w, max_h) else f"{min_w}-{max_w} x {min_h}-{max_h}"
+        )
+        result["mean_jpeg_kb"] = mean_jpeg_kb(bench.parquet)
+        results["sizes"][bench.size] = result
+    (out / f"{args.name}.json").write_text(json.dumps(results, indent=2))
+    plot(results, out / f"{args.name}.png")
     print_table(results)
     return results
-
-
-def print_table(results: dict) -> None:
-    setup = f"n={results['n']}, batch {results['batch_size']}, {results['threads']} threads"
-    print(f"\n{results['model']} ({results['pretrained']}), {setup}, medians of {results['repeats']} rounds")
-    print(f"  {'':<36} {'end to end':>16} {'steady state':>14} {'start-up':>9}")
-    rates, seconds = results["img_per_s"], results["seconds"]
-    for stage, label in (
-        ("bare", "(a) bare open_clip loop"),
-        ("embed", "(b) pipeline, embedding only"),
-        ("moderate", f"(c) pipeline + {results['prompts']}-prompt policy"),
-        ("moderate_cold", "    (c) first run, prompts encoded"),
-    ):
-        line = f"  {label:<36} {rates[stage]:6.2f} img/s {seconds[stage]:5.1f} s"
-        if f"{stage}_steady" in rates:
-            line += f" {rates[f'{stage}_steady']:8.2f} img/s {results['startup_s'][stage]:6.1f} s"
-        print(line)
-    print(f"  {'(d) Lance write only':<36} {seconds['write']:16.2f} s")
-    ratios, per_round = results["ratios"], results["ratios_per_round"]
-    labels = {
-        "pipeline_over_bare": "pipeline / bare",
-        "pipeline_over_bare_steady": "  steady state",
-        "moderation_over_embedding": "moderation / embedding",
-        "moderation_over_embedding_steady": "  steady state",
-    }
-    for name, label in labels.items():
-        rounds = ", ".join(f"{value:.3f}" for value in per_round[name])
-        print(f"  {label:<24} {ratios[name]:.3f}   (rounds: {rounds})")
-    print(f"  Lance write share        {results['lance_write_share_of_pipeline']:.3f}")
-    print(f"  Ray overhead per batch   {results['ray_overhead_ms_per_batch']:.1f} ms (no-op actor)")
 
 
 if __name__ == "__main__":

@@ -103,20 +103,27 @@ def over_context(bundle: ClipBundle, texts: Sequence[str]) -> np.ndarray:
     return np.array([truncated(text) for text in texts], dtype=bool)
 
 
-@torch.inference_mode()
-def encode_pixels(bundle: ClipBundle, pixels: np.ndarray) -> np.ndarray:
-    """Embed a uint8 (N, H, W, 3) batch already resized and cropped to the model's input size.
-
-    Shipping uint8 through Ray's object store is 4x smaller than float32; the normalisation that
-    open_clip's transform would do happens here, on the encoder's device.
-    """
-    if len(pixels) == 0:
-        return np.zeros((0, bundle.embed_dim), dtype=np.float32)
+def pixels_to_device(bundle: ClipBundle, pixels: np.ndarray) -> torch.Tensor:
+    """A uint8 (N, H, W, 3) array → a uint8 (N, 3, H, W) tensor on the model's device."""
     batch = torch.from_numpy(np.array(pixels, copy=True))
     if bundle.device.type == "cuda":  # page-locked, so the copy to the GPU is one DMA, not staged
         batch = batch.pin_memory()
-    batch = batch.to(bundle.device, non_blocking=True)
-    batch = batch.permute(0, 3, 1, 2).float().div_(255.0)
+    return batch.to(bundle.device, non_blocking=True).permute(0, 3, 1, 2)
+
+
+@torch.inference_mode()
+def encode_pixels(bundle: ClipBundle, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Embed uint8 pixels already resized and cropped to the model's input size.
+
+    `pixels` is a (N, H, W, 3) array from the decode tasks, or a (N, 3, H, W) tensor already on
+    the model's device (JPEGs decoded there). Shipping uint8 through Ray's object store is 4x
+    smaller than float32; the normalisation that open_clip's transform would do happens here, on
+    the encoder's device.
+    """
+    if len(pixels) == 0:
+        return np.zeros((0, bundle.embed_dim), dtype=np.float32)
+    batch = pixels if isinstance(pixels, torch.Tensor) else pixels_to_device(bundle, pixels)
+    batch = batch.float().div_(255.0)
     mean = torch.tensor(bundle.mean, device=bundle.device).view(1, 3, 1, 1)
     std = torch.tensor(bundle.std, device=bundle.device).view(1, 3, 1, 1)
     batch = (batch - mean) / std

@@ -57,6 +57,20 @@ def embedding_matrix(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np
     return flat.reshape(-1, column.type.list_size), present
 
 
+def mark_failed(table: pa.Table, failures: dict[int, tuple[str, str]]) -> pa.Table:
+    """Set rows failed with {row: (error code, message)}; a row fails once, so earlier outcomes stay put."""
+    if not failures:
+        return table
+    status = table.column("status").to_pylist()
+    codes = column_or_nulls(table, "error_code", pa.string()).to_pylist()
+    messages = column_or_nulls(table, "error_message", pa.string()).to_pylist()
+    for row, (code, message) in failures.items():
+        status[row], codes[row], messages[row] = Status.FAILED, code, message
+    table = set_column(table, "status", pa.array(status, pa.string()))
+    table = set_column(table, "error_code", pa.array(codes, pa.string()))
+    return set_column(table, "error_message", pa.array(messages, pa.string()))
+
+
 def add_flag(table: pa.Table, rows: np.ndarray, flag: str) -> pa.Table:
     """Append `flag` to the `flags` list of the selected rows (flags note issues that did not fail the row)."""
     if not rows.any():

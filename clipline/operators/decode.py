@@ -49,6 +49,8 @@ DEFAULT_MAX_ASPECT = 20.0
 # Camera formats and the web's: no EPS (Ghostscript), PSD, ICO, ... whose decoders are not budgeted.
 DEFAULT_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")  # JPEG covers MPO (camera multi-picture)
 THUMBNAIL_PX = 160
+EXIF_ORIENTATION = 0x0112
+JPEG_END = b"\xff\xd9"
 
 
 @dataclass(frozen=True)
@@ -295,6 +297,22 @@ def decode_frame(data: bytes, size: int, max_pixels: int, limits: DecodeLimits |
         raise RowFailure(ErrorCode.IMAGE_DECODE_FAILED, f"{type(exc).__name__}: {exc}") from exc
 
 
+def jpeg_for_encoder(data: bytes, limits: DecodeLimits) -> bool:
+    """Check the header as for any image (raises RowFailure), then say whether the encoder may decode it.
+
+    Only JPEGs whose device decode reproduces this module's: RGB or greyscale, upright (torchvision
+    applies EXIF orientation on the CPU only), and complete (ending in the end-of-image marker: a
+    truncated file fails here, while a device decoder might fill the rest in grey).
+    """
+    image = open_checked(data, limits)
+    return (
+        image.format == "JPEG"
+        and image.mode in ("RGB", "L")
+        and image.getexif().get(EXIF_ORIENTATION, 1) == 1
+        and data.endswith(JPEG_END)
+    )
+
+
 def decode_image(data: bytes, size: int, max_pixels: int, limits: DecodeLimits | None = None) -> np.ndarray:
     """Bytes → (size, size, 3) uint8, as the model sees them (query images, tests)."""
     return decode_frame(data, size, max_pixels, limits).pixels
@@ -330,6 +348,9 @@ class DecodeImages:
 
     `image_uri` values are read only under `uri_prefixes` (none by default), with the byte cap.
     `extras` add their columns from each decoded image's whole frame (nulls for rows without one).
+    With `jpeg_to_encoder`, JPEGs the encoder can decode on its device (see `jpeg_for_encoder`)
+    pass through as bytes in an added `jpeg` column, header-checked but not decoded; extras need
+    the frame, so with extras every image is decoded here.
     """
 
     name = "decode"
@@ -344,6 +365,7 @@ class DecodeImages:
         extras: Sequence[FrameExtra] = (),
         max_aspect: float = DEFAULT_MAX_ASPECT,
         uri_prefixes: Sequence[str] = (),
+        jpeg_to_encoder: bool = False,
     ) -> None:
         self.image_size = image_size
         self.max_bytes = max_bytes
@@ -351,6 +373,7 @@ class DecodeImages:
         self.reader = UriReader(UriPolicy.from_prefixes(list(uri_prefixes)), max_bytes, storage)
         self.resources = resources
         self.extras = list(extras)
+        self.jpeg_to_encoder = jpeg_to_encoder and not self.extras
 
     def setup(self, state: WorkerState) -> None:
         """Nothing to load: decoding is stateless."""
@@ -374,6 +397,8 @@ class DecodeImages:
             "error_code": [outcome[2] for outcome in outcomes],
             "error_message": [outcome[3] for outcome in outcomes],
         }
+        if self.jpeg_to_encoder:
+            columns["jpeg"] = pa.array([outcome[5] for outcome in outcomes], pa.binary())
         if "image" in batch.column_names:
             batch = batch.drop_columns(["image"])
         for name, values in columns.items():
@@ -387,8 +412,8 @@ class DecodeImages:
 
     def _row(
         self, image: bytes | None, uri: str | None, text: str | None
-    ) -> tuple[str | None, bytes | None, str | None, str | None, Image.Image | None]:
-        """(content sha256, pixels, error code, error message, whole frame) for one row."""
+    ) -> tuple[str | None, bytes | None, str | None, str | None, Image.Image | None, bytes | None]:
+        """(content sha256, pixels, error code, error message, whole frame, JPEG for the encoder) for one row."""
         data = image
         try:
             if data is None and uri:
@@ -396,12 +421,14 @@ class DecodeImages:
             if data is None:
                 if is_blank(text):
                     raise RowFailure(ErrorCode.MISSING_CONTENT, "row has no image, no image_uri and no non-blank text")
-                return sha256_hex(text.encode()), None, None, None, None
+                return sha256_hex(text.encode()), None, None, None, None, None
             digest = sha256_hex(data)
             if len(data) > self.max_bytes:
                 raise RowFailure(ErrorCode.IMAGE_TOO_LARGE, f"image is {len(data)} bytes, over {self.max_bytes}")
+            if self.jpeg_to_encoder and jpeg_for_encoder(data, self.limits):
+                return digest, None, None, None, None, data
             decoded = decode_frame(data, self.image_size, self.limits.max_pixels, self.limits)
-            return digest, decoded.pixels.tobytes(), None, None, decoded.frame
+            return digest, decoded.pixels.tobytes(), None, None, decoded.frame, None
         except RowFailure as failure:
             digest = sha256_hex(data) if data else (sha256_hex(text.encode()) if text else None)
-            return digest, None, failure.code.value, failure.message, None
+            return digest, None, failure.code.value, failure.message, None, None

@@ -31,6 +31,7 @@ from clipline.pipelines.ledger import Ledger
 from clipline.pipelines.plan import build_dataset, ensure_ray, plan_encoders
 from clipline.pipelines.sink import StagingSink, staging_schema
 from clipline.pipelines.stages import run_stages
+from clipline.pipelines.startup import EncoderStartup, StartupWatch
 from clipline.pipelines.summary import RunOptions, RunSummary, new_run_id, stage_stats
 from clipline.pipelines.tail import TailResult, file_ranks, plan_tail, run_tail
 from clipline.schemas.base import ConfigError
@@ -94,10 +95,12 @@ def stage_rows(run: RunContext, tasks: pa.Table, centroids: tuple[int, str] | No
     sink = StagingSink.for_run(config, run.staging, run.table.lance.schema, run.summary.run_id)
     dataset = build_dataset(tasks, stages, encoders, config.resources.decode_batch_size, sink, config.sink.commit_rows)
     account, fragments = RowAccount(), []
+    startup = StartupWatch(run.summary.startup)
     for written in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
         for block in written.to_pylist():
             fragments.extend(json.loads(block["fragments"]))
             account.add(json.loads(block["sources"]))
+            startup.note(EncoderStartup.from_json(block["startup"]))
     run.summary.stages = stage_stats(dataset.get_stats_summary())
     return account, fragments
 
@@ -257,9 +260,10 @@ def run_job(config: JobConfig, options: RunOptions | None = None) -> RunSummary:
     by a concurrent run are skipped in every mode.
     """
     options = options or RunOptions()
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     policy, files = prepare(config)
     summary = RunSummary(run_id=config.run_id or new_run_id(), table_uri=config.sink.uri, table=config.sink.table)
+    summary.startup["run_started_at"] = started_at
     summary.files_total = len(files)
     run = RunContext(config, policy, open_table(config), summary, options)
     summary.table_version_before = run.table.version

@@ -19,12 +19,15 @@ import pyarrow as pa
 from clipline.operators.columns import column_or_nulls
 from clipline.pipelines.accounting import source_ranges
 from clipline.pipelines.lance_io import LanceLocation
+from clipline.pipelines.startup import STARTUP_METADATA_KEY
 from clipline.schemas.config import JobConfig, ModelConfig
 from clipline.schemas.table import BUCKET_COLUMNS, pipeline_schema
 
 # Second-nearest dedup bucket: needed by this run's dedup only, never stored in the table.
 SECOND_BUCKET = "dup_bucket2"
-WRITTEN_SCHEMA = pa.schema([("fragments", pa.string()), ("sources", pa.string()), ("rows", pa.int64())])
+WRITTEN_SCHEMA = pa.schema(
+    [("fragments", pa.string()), ("sources", pa.string()), ("rows", pa.int64()), ("startup", pa.string())]
+)
 
 
 def staging_schema(table_schema: pa.Schema) -> pa.Schema:
@@ -67,7 +70,6 @@ class StagingSink:
         rows = conform(batch, self.schema, self.stamped)
         fragments = self.staging.write(rows, self.schema)
         sources = source_ranges(rows.column("source").to_pylist())
-        return pa.Table.from_pylist(
-            [{"fragments": json.dumps(fragments), "sources": json.dumps(sources), "rows": rows.num_rows}],
-            schema=WRITTEN_SCHEMA,
-        )
+        startup = (batch.schema.metadata or {}).get(STARTUP_METADATA_KEY)  # an encoder's first batch says when
+        written = {"fragments": json.dumps(fragments), "sources": json.dumps(sources), "rows": rows.num_rows}
+        return pa.Table.from_pylist([{**written, "startup": startup and startup.decode()}], schema=WRITTEN_SCHEMA)

@@ -40,6 +40,14 @@ class EncoderPlan:
         return cls(actors=1, cpus=resources.encoder_cpus, gpus=resources.encoder_gpus or 0.0, threads=threads)
 
 
+def jpeg_on_encoder(resources: ResourcesConfig, encoders: EncoderPlan) -> bool:
+    """`resources.jpeg_decode`: JPEGs decode in the encoder when asked, or by default when it has a GPU.
+
+    Decode still decodes every image itself when it has per-image extras, which need the frame.
+    """
+    return resources.jpeg_decode == "encoder" or (resources.jpeg_decode == "auto" and encoders.gpus > 0)
+
+
 def run_stages(
     config: JobConfig,
     policy: Policy | None,
@@ -72,8 +80,15 @@ def run_stages(
             max_aspect=source.max_image_aspect,
             uri_prefixes=source.uri_prefixes(),
             extras=[PdqHash(), *([FrameThumbnail()] if config.sink.thumbnails else [])],
+            jpeg_to_encoder=jpeg_on_encoder(resources, encoders),
         ),
-        EncodeClip(config.model, cpus=encoders.threads, storage=config.storage, resources=model_resources),
+        EncodeClip(
+            config.model,
+            cpus=encoders.threads,
+            storage=config.storage,
+            resources=model_resources,
+            max_pixels=source.max_image_pixels,
+        ),
     ]
     if policy is not None:
         cache = PromptCache(Sidecars(config.sink.uri).prompt_banks, config.storage)

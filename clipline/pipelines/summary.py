@@ -61,6 +61,7 @@ class RunSummary:
     maintenance: dict = field(default_factory=dict)
     stages: list[dict] = field(default_factory=list)  # per Ray Data operator: wall time, rows, rows/s
     tail: dict = field(default_factory=dict)  # the tail's phases (seconds) and what the driver received
+    startup: dict = field(default_factory=dict)  # planning, encoder imports, model build, first batch (startup.py)
     manifest_uri: str | None = None
     report_uri: str | None = None
 

@@ -251,6 +251,7 @@ def build_manifest(
             "rows_per_s": round(summary.rows_per_s, 2),
             "stages": summary.stages,
             "tail": summary.tail,
+            "startup": summary.startup,
         },
         "scores": run_rows["scores"],
     }

@@ -134,6 +134,14 @@ class ResourcesConfig(StrictModel):
         gt=0,
         description="RAM reserved per encoder for its model, so actors are never packed beyond memory",
     )
+    jpeg_decode: Literal["auto", "tasks", "encoder"] = Field(
+        default="auto",
+        description=(
+            "Where JPEGs become pixels: `tasks` = Pillow in the CPU decode tasks; `encoder` = torchvision's "
+            "decode_jpeg inside the encoder actor, on its GPU if it has one, so only bytes cross the object "
+            "store; `auto` = `encoder` when the encoders have GPUs. Other formats always decode in the tasks."
+        ),
+    )
 
 
 class SinkConfig(StrictModel):

@@ -55,6 +55,7 @@ def test_s3_paths_are_left_alone(tmp_path):
         ({"resources": {"batch_size": 0}}, "resources.batch_size"),
         ({"model": {"arch": "ViT-B-32"}}, "model.pretrained"),
         ({"source": {"paths": []}}, "source.paths"),
+        ({"resources": {"jpeg_decode": "gpu"}}, "resources.jpeg_decode"),
     ],
 )
 def test_bad_fields_are_named(tmp_path, change, field):
