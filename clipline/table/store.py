@@ -273,7 +273,12 @@ class ClipTable:
         absent = [column for column in function_columns(self.lance.schema) if column not in rows.schema.names]
         if absent:
             raise ValueError(f"a write into table {self.name!r} must carry {absent} (its embedding functions' columns)")
-        condition = "target.content_sha256 = source.content_sha256" if if_unchanged else None
+        condition = (
+            "target.content_sha256 = source.content_sha256"
+            " OR (target.content_sha256 IS NULL AND source.content_sha256 IS NULL)"
+            if if_unchanged
+            else None
+        )
         upsert = self.lance.merge_insert("id").when_matched_update_all(where=condition).use_index(few)
         if insert_new:
             upsert = upsert.when_not_matched_insert_all()
