@@ -41,6 +41,17 @@ def photo_like(rng: np.random.Generator, size: str) -> Image.Image:
     return Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
 
 
+def camera_jpegs(count: int, seed: int = 0) -> list[bytes]:
+    """`count` camera-sized photo-like JPEGs, the same for every harness that asks with the same seed."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        buffer = io.BytesIO()
+        photo_like(rng, "camera").save(buffer, format="JPEG", quality=JPEG_QUALITY)
+        out.append(buffer.getvalue())
+    return out
+
+
 def caption(rng: np.random.Generator) -> str:
     """A caption of typical alt-text length (8-12 words), so the text tower does realistic work."""
     words = [rng.choice(_WORDS[part]) for part in ("look", "subject", "place")]

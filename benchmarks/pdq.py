@@ -37,6 +37,7 @@ import pyarrow as pa
 import yaml
 from PIL import Image, ImageOps
 
+from benchmarks.inputs import camera_jpegs
 from clipline.demo.shapes import COLOURS, SHAPES, render
 from clipline.operators.hamming import cross_distances, dihedral_words, hex_to_words
 from clipline.operators.hash_lists import HashList, PolicyHashLists
@@ -171,19 +172,6 @@ class Stopwatch:
 
     def per_item_ms(self, count: int) -> dict[str, float]:
         return {"cpu_ms": 1000 * self.cpu / count, "wall_ms": 1000 * self.wall / count}
-
-
-def camera_jpegs(count: int) -> list[bytes]:
-    """The throughput harness's inputs: camera-sized photo-like JPEGs (480-1023 px, quality 85)."""
-    from benchmarks.throughput import photo_like
-
-    rng = np.random.default_rng(0)
-    out = []
-    for _ in range(count):
-        buffer = io.BytesIO()
-        photo_like(rng).save(buffer, format="JPEG", quality=85)
-        out.append(buffer.getvalue())
-    return out
 
 
 def model_cost(model: ModelConfig, jpegs: list[bytes], batch_size: int) -> dict:

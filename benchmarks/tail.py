@@ -178,51 +178,31 @@ def build_history(args: argparse.Namespace, db: str, address: str) -> dict:
     return result
 
 
-def one_process(args: argparse.Namespace, db: str, run: int, rows: int, address: str, history: int) -> dict:
-    command = [
-        sys.executable,
-        "-m",
-        "benchmarks.tail",
-        "--one-rows",
-        str(rows),
-        "--one-run",
-        str(run),
-        "--db",
-        db,
-        "--address",
-        address,
-        "--history",
-        str(history),
-        "--dup-fraction",
-        str(args.dup_fraction),
-        "--block-rows",
-        str(args.block_rows),
-        "--seed",
-        str(args.seed),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+def data_flags(args: argparse.Namespace) -> list[str]:
+    """The flags that fix which rows are generated, shared by measured and baseline runs so both see the same data."""
+    return ["--dup-fraction", str(args.dup_fraction), "--block-rows", str(args.block_rows), "--seed", str(args.seed)]
+
+
+def last_json_line(command: list[str], what: str, env: dict[str, str] | None = None) -> dict:
+    """Run one measured child process, its RSS its own, and read the JSON record it prints last."""
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode:
-        raise RuntimeError(f"measured run failed:\n{done.stderr[-4000:]}")
+        raise RuntimeError(f"{what} failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def one_process(args: argparse.Namespace, db: str, run: int, rows: int, address: str, history: int) -> dict:
+    command = [sys.executable, "-m", "benchmarks.tail", "--one-rows", str(rows), "--one-run", str(run)]
+    command += ["--db", db, "--address", address, "--history", str(history), *data_flags(args)]
+    return last_json_line(command, "measured run")
 
 
 def baseline_run(args: argparse.Namespace, rows: int, checkout: Path, address: str, db: str) -> dict:
     """The previous release's driver path on the same rows, in a process importing that release."""
     env = {**os.environ, "PYTHONPATH": f"{checkout}{os.pathsep}{Path(__file__).resolve().parent.parent}"}
     script = Path(__file__).with_name("tail_baseline.py")
-    command = [sys.executable, str(script), "--rows", str(rows), "--db", db, "--address", address]
-    command += [
-        "--dup-fraction",
-        str(args.dup_fraction),
-        "--block-rows",
-        str(args.block_rows),
-        "--seed",
-        str(args.seed),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    if done.returncode:
-        raise RuntimeError(f"baseline run failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    command = [sys.executable, str(script), "--rows", str(rows), "--db", db, "--address", address, *data_flags(args)]
+    return last_json_line(command, "baseline run", env)
 
 
 def checkout_of(rev: str, into: Path) -> Path:

@@ -12,33 +12,21 @@ made from is computed by decode either way.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 
-from benchmarks.throughput import photo_like
+from benchmarks.inputs import camera_jpegs
 from clipline.demo.demo import demo_rows
 from clipline.operators.decode import DecodeImages
 from clipline.operators.thumbnail import FrameThumbnail
 
 IMAGE_SIZE = 224
 LIMIT = 10**8
-
-
-def camera_images(n: int, seed: int = 0) -> list[bytes]:
-    rng = np.random.default_rng(seed)
-    images = []
-    for _ in range(n):
-        buffer = io.BytesIO()
-        photo_like(rng).save(buffer, format="JPEG", quality=85)
-        images.append(buffer.getvalue())
-    return images
 
 
 def demo_images(n: int) -> list[bytes]:
@@ -89,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="benchmarks/results", help="where thumbnails.json goes")
     args = parser.parse_args(argv)
     results = [
-        measure("camera-sized JPEG", camera_images(args.n), args.repeats),
+        measure("camera-sized JPEG", camera_jpegs(args.n), args.repeats),
         measure("demo drawings", demo_images(args.n), args.repeats),
     ]
     Path(args.out).mkdir(parents=True, exist_ok=True)
