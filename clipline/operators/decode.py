@@ -21,12 +21,13 @@ import math
 import re
 import struct
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image, UnidentifiedImageError
 
 from clipline.operators.base import STATELESS, Resources, WorkerState
@@ -40,7 +41,7 @@ from clipline.schemas.table import ErrorCode, Status
 
 # RowFailure, redact_uri and fit_square are re-exported: callers import them from the decode step.
 __all__ = ["DecodeImages", "DecodeLimits", "DecodedImage", "FrameExtra", "RowFailure", "decode_frame", "decode_image"]
-__all__ += ["default_id", "fit_square", "redact_uri", "sha256_hex"]
+__all__ += ["default_id", "fit_square", "redact_uri", "set_extra_columns", "sha256_hex"]
 
 MiB = 1024 * 1024
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -86,6 +87,25 @@ class FrameExtra(Protocol):
     columns: dict[str, pa.DataType]
 
     def __call__(self, frame: Image.Image) -> dict[str, object]: ...
+
+
+def set_extra_columns(batch: pa.Table, extras: Sequence[FrameExtra], frames: Mapping[int, Image.Image]) -> pa.Table:
+    """Each extra's columns, computed for the rows in `frames` (row index → whole frame).
+
+    Other rows keep the values they have (null when the column is new): decode fills the rows it
+    decoded, the encoder the rows whose JPEGs it decoded, and rows without an image stay null.
+    """
+    computed = {row: [extra(frame) for extra in extras] for row, frame in frames.items()}
+    chosen = np.zeros(batch.num_rows, dtype=bool)
+    chosen[list(computed)] = True
+    for position, extra in enumerate(extras):
+        for name, type_ in extra.columns.items():
+            values = [None] * batch.num_rows
+            for row, outputs in computed.items():
+                values[row] = outputs[position].get(name)
+            merged = pc.if_else(pa.array(chosen), pa.array(values, type_), column_or_nulls(batch, name, type_))
+            batch = set_column(batch, name, merged)
+    return batch
 
 
 # ------------------------------------------------------------------------------------------ refusals
@@ -349,8 +369,9 @@ class DecodeImages:
     `image_uri` values are read only under `uri_prefixes` (none by default), with the byte cap.
     `extras` add their columns from each decoded image's whole frame (nulls for rows without one).
     With `jpeg_to_encoder`, JPEGs the encoder can decode on its device (see `jpeg_for_encoder`)
-    pass through as bytes in an added `jpeg` column, header-checked but not decoded; extras need
-    the frame, so with extras every image is decoded here.
+    pass through as bytes in an added `jpeg` column, header-checked but not decoded; their extras'
+    columns stay null here and the encoder fills them from the frame it makes on its device
+    (`EncodeClip(extras=...)`, given the same extras).
     """
 
     name = "decode"
@@ -373,7 +394,7 @@ class DecodeImages:
         self.reader = UriReader(UriPolicy.from_prefixes(list(uri_prefixes)), max_bytes, storage)
         self.resources = resources
         self.extras = list(extras)
-        self.jpeg_to_encoder = jpeg_to_encoder and not self.extras
+        self.jpeg_to_encoder = jpeg_to_encoder
 
     def setup(self, state: WorkerState) -> None:
         """Nothing to load: decoding is stateless."""
@@ -403,12 +424,8 @@ class DecodeImages:
             batch = batch.drop_columns(["image"])
         for name, values in columns.items():
             batch = set_column(batch, name, pa.array(values, pa.string()) if isinstance(values, list) else values)
-        frames = [outcome[4] for outcome in outcomes]
-        for extra in self.extras:
-            values = [extra(frame) if frame is not None else {} for frame in frames]
-            for name, type_ in extra.columns.items():
-                batch = set_column(batch, name, pa.array([value.get(name) for value in values], type_))
-        return batch
+        frames = {row: outcome[4] for row, outcome in enumerate(outcomes) if outcome[4] is not None}
+        return set_extra_columns(batch, self.extras, frames)
 
     def _row(
         self, image: bytes | None, uri: str | None, text: str | None
