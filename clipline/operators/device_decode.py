@@ -33,6 +33,13 @@ from clipline.operators.decode import RowFailure, decode_frame
 from clipline.operators.resample import frame_factor
 
 RESIZE_GROUP = 64
+# A group's float copy (4 bytes per channel) stays under this: 64 phone photos, or 3 of 12 MP.
+GROUP_FLOAT_BYTES = 512 * 1024 * 1024
+
+
+def group_length(shape: tuple[int, ...]) -> int:
+    """How many same-size images (shape (3, H, W)) resize together: RESIZE_GROUP, fewer when they are large."""
+    return max(1, min(RESIZE_GROUP, GROUP_FLOAT_BYTES // (4 * math.prod(shape))))
 
 
 def fit_square_tensor(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -116,9 +123,10 @@ class DeviceJpegDecoder:
                 self._on_cpu(jpegs[index], index, result)
         # Images of one size resize in one call (uploads from one app often are all one size), in
         # groups small enough that their float copies stay a few hundred MB.
-        for indices in same_size.values():
-            for start in range(0, len(indices), RESIZE_GROUP):
-                group = indices[start : start + RESIZE_GROUP]
+        for shape, indices in same_size.items():
+            step = group_length(shape)
+            for start in range(0, len(indices), step):
+                group = indices[start : start + step]
                 self._fit_group(torch.stack([images[index] for index in group]), group, result)
                 for index in group:
                     images[index] = None

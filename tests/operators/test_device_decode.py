@@ -9,9 +9,10 @@ import torch
 from PIL import Image
 
 from clipline.models.loader import image_size_for
+from clipline.operators import device_decode
 from clipline.operators.base import WorkerState
 from clipline.operators.decode import DecodeImages, DecodeLimits, RowFailure, decode_image, jpeg_for_encoder
-from clipline.operators.device_decode import DeviceJpegDecoder
+from clipline.operators.device_decode import RESIZE_GROUP, DeviceJpegDecoder, group_length
 from clipline.operators.encode import EncodeClip
 from clipline.schemas.config import ModelConfig
 from clipline.schemas.table import ErrorCode
@@ -149,3 +150,25 @@ def test_same_size_images_resized_together_match_each_resized_alone():
     for index, data in enumerate([*same, GOOD_JPEGS["portrait"]]):
         alone = decoder([data]).pixels
         assert torch.equal(together[index], alone[0])
+
+
+def test_large_images_resize_in_groups_whose_float_copy_fits_the_bound(monkeypatch):
+    assert group_length((3, 480, 640)) == RESIZE_GROUP
+    assert group_length((3, 3000, 4000)) == 3 and group_length((3, 8000, 8000)) == 1
+    monkeypatch.setattr(device_decode, "GROUP_FLOAT_BYTES", 2 * 4 * 3 * 640 * 480)  # groups of 2, then 1
+    resized_together, fit = [], device_decode.fit_square_tensor
+
+    def fit_and_count(images: torch.Tensor, size: int) -> torch.Tensor:
+        resized_together.append(len(images))
+        return fit(images, size)
+
+    same = [encode(photo(seed, (640, 480)), "JPEG") for seed in (13, 14, 15)]
+    decoder = DeviceJpegDecoder(224, MAX_PIXELS, torch.device("cpu"), frames=True)
+    with monkeypatch.context() as patched:
+        patched.setattr(device_decode, "fit_square_tensor", fit_and_count)
+        grouped = decoder(same)
+    assert resized_together == [2, 1]
+    for index, data in enumerate(same):
+        alone = decoder([data])
+        assert torch.equal(grouped.pixels[index], alone.pixels[0])
+        assert grouped.frames[index].tobytes() == alone.frames[0].tobytes()
