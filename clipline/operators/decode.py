@@ -317,20 +317,25 @@ def decode_frame(data: bytes, size: int, max_pixels: int, limits: DecodeLimits |
         raise RowFailure(ErrorCode.IMAGE_DECODE_FAILED, f"{type(exc).__name__}: {exc}") from exc
 
 
-def jpeg_for_encoder(data: bytes, limits: DecodeLimits) -> bool:
+def jpeg_for_encoder(data: bytes, size: int, limits: DecodeLimits) -> bool:
     """Check the header as for any image (raises RowFailure), then say whether the encoder may decode it.
 
     Only JPEGs whose device decode reproduces this module's: RGB or greyscale, upright (torchvision
     applies EXIF orientation on the CPU only), and complete (ending in the end-of-image marker: a
-    truncated file fails here, while a device decoder might fill the rest in grey).
+    truncated file fails here, while a device decoder might fill the rest in grey). Those passed on
+    are first refused as decoding them here would be (too many scans, a decoder over the budget), so
+    a hostile JPEG gets the same error in both places and never reaches the device.
     """
     image = open_checked(data, limits)
-    return (
+    passes = (
         image.format == "JPEG"
         and image.mode in ("RGB", "L")
         and image.getexif().get(EXIF_ORIENTATION, 1) == 1
         and data.endswith(JPEG_END)
     )
+    if passes:
+        check_decoder_budget(image, data, size, limits)
+    return passes
 
 
 def decode_image(data: bytes, size: int, max_pixels: int, limits: DecodeLimits | None = None) -> np.ndarray:
@@ -442,7 +447,7 @@ class DecodeImages:
             digest = sha256_hex(data)
             if len(data) > self.max_bytes:
                 raise RowFailure(ErrorCode.IMAGE_TOO_LARGE, f"image is {len(data)} bytes, over {self.max_bytes}")
-            if self.jpeg_to_encoder and jpeg_for_encoder(data, self.limits):
+            if self.jpeg_to_encoder and jpeg_for_encoder(data, self.image_size, self.limits):
                 return digest, None, None, None, None, data
             decoded = decode_frame(data, self.image_size, self.limits.max_pixels, self.limits)
             return digest, decoded.pixels.tobytes(), None, None, decoded.frame, None

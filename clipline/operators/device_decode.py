@@ -2,9 +2,10 @@
 
 With CPU decode tasks, every image crosses Ray's object store as model-sized pixels and a GPU
 encoder waits on CPUs to decode for it. Here only the JPEG bytes travel: the decode tasks check
-each header (size, pixel limit: `decode.jpeg_for_encoder`) and pass the bytes on, and the encoder
-decodes the batch where it will be encoded, then resizes and crops there the way `decode.fit_square`
-does on the CPU (shortest side to the model size, bicubic with antialiasing, centre crop, uint8).
+each header (size, pixel limit, JPEG scans, decoder budget: `decode.jpeg_for_encoder`) and pass the
+bytes on, and the encoder decodes the batch where it will be encoded, then resizes and crops there
+the way `decode.fit_square` does on the CPU (shortest side to the model size, bicubic with
+antialiasing, centre crop, uint8).
 
 Per-image extras (PDQ, thumbnails) need the whole frame, which decode tasks make for the images
 they decode. For the JPEGs decoded here the frame is made here too, from the decoded image while it

@@ -11,7 +11,14 @@ from PIL import Image
 from clipline.models.loader import image_size_for
 from clipline.operators import device_decode
 from clipline.operators.base import WorkerState
-from clipline.operators.decode import DecodeImages, DecodeLimits, RowFailure, decode_image, jpeg_for_encoder
+from clipline.operators.decode import (
+    DecodeImages,
+    DecodeLimits,
+    RowFailure,
+    decode_frame,
+    decode_image,
+    jpeg_for_encoder,
+)
 from clipline.operators.device_decode import RESIZE_GROUP, DeviceJpegDecoder, group_length
 from clipline.operators.encode import EncodeClip
 from clipline.schemas.config import ModelConfig
@@ -55,7 +62,7 @@ CORRUPT_WITH_END = GOOD_JPEGS["landscape"][:2000] + bytes(range(256)) * 12 + GOO
 @pytest.mark.parametrize("name", list(GOOD_JPEGS))
 def test_device_pixels_match_pillow_within_rounding(name):
     data = GOOD_JPEGS[name]
-    assert jpeg_for_encoder(data, LIMITS)
+    assert jpeg_for_encoder(data, 224, LIMITS)
     pillow = decode_image(data, 224, MAX_PIXELS).astype(np.int16)
     pixels, failures, _ = DeviceJpegDecoder(224, MAX_PIXELS, torch.device("cpu"))([data])
     device = pixels[0].permute(1, 2, 0).numpy().astype(np.int16)
@@ -70,13 +77,29 @@ def test_device_pixels_match_pillow_within_rounding(name):
     ids=["truncated", "exif-rotated", "cmyk", "png"],
 )
 def test_jpegs_the_device_would_decode_differently_stay_on_the_cpu_path(data):
-    assert not jpeg_for_encoder(data, LIMITS)
+    assert not jpeg_for_encoder(data, 224, LIMITS)
 
 
 def test_header_checks_run_before_anything_passes_through():
     with pytest.raises(RowFailure) as too_large:
-        jpeg_for_encoder(encode(photo(7, (400, 300)), "JPEG"), DecodeLimits(max_pixels=1000))
+        jpeg_for_encoder(encode(photo(7, (400, 300)), "JPEG"), 224, DecodeLimits(max_pixels=1000))
     assert too_large.value.code == ErrorCode.IMAGE_TOO_LARGE
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [DecodeLimits(max_pixels=MAX_PIXELS, max_jpeg_scans=3), DecodeLimits(max_pixels=MAX_PIXELS, decode_budget=2**20)],
+    ids=["too-many-scans", "over-the-budget"],
+)
+def test_a_jpeg_the_cpu_path_refuses_never_passes_through(limits):
+    """The progressive JPEG's scans and coefficient buffer are refused before the device would decode it."""
+    data = GOOD_JPEGS["progressive"]
+    with pytest.raises(RowFailure) as passing:
+        jpeg_for_encoder(data, 224, limits)
+    with pytest.raises(RowFailure) as on_cpu:
+        decode_frame(data, 224, MAX_PIXELS, limits)
+    assert passing.value.code == ErrorCode.IMAGE_TOO_LARGE
+    assert (passing.value.code, passing.value.message) == (on_cpu.value.code, on_cpu.value.message)
 
 
 @pytest.mark.parametrize("device", DEVICES)
