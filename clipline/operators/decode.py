@@ -21,12 +21,13 @@ import math
 import re
 import struct
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image, UnidentifiedImageError
 
 from clipline.operators.base import STATELESS, Resources, WorkerState
@@ -40,7 +41,7 @@ from clipline.schemas.table import ErrorCode, Status
 
 # RowFailure, redact_uri and fit_square are re-exported: callers import them from the decode step.
 __all__ = ["DecodeImages", "DecodeLimits", "DecodedImage", "FrameExtra", "RowFailure", "decode_frame", "decode_image"]
-__all__ += ["default_id", "fit_square", "redact_uri", "sha256_hex"]
+__all__ += ["default_id", "fit_square", "redact_uri", "set_extra_columns", "sha256_hex"]
 
 MiB = 1024 * 1024
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -86,6 +87,25 @@ class FrameExtra(Protocol):
     columns: dict[str, pa.DataType]
 
     def __call__(self, frame: Image.Image) -> dict[str, object]: ...
+
+
+def set_extra_columns(batch: pa.Table, extras: Sequence[FrameExtra], frames: Mapping[int, Image.Image]) -> pa.Table:
+    """Each extra's columns, computed for the rows in `frames` (row index → whole frame).
+
+    Other rows keep the values they have (null when the column is new): decode fills the rows it
+    decoded, the encoder the rows whose JPEGs it decoded, and rows without an image stay null.
+    """
+    computed = {row: [extra(frame) for extra in extras] for row, frame in frames.items()}
+    chosen = np.zeros(batch.num_rows, dtype=bool)
+    chosen[list(computed)] = True
+    for position, extra in enumerate(extras):
+        for name, type_ in extra.columns.items():
+            values = [None] * batch.num_rows
+            for row, outputs in computed.items():
+                values[row] = outputs[position].get(name)
+            merged = pc.if_else(pa.array(chosen), pa.array(values, type_), column_or_nulls(batch, name, type_))
+            batch = set_column(batch, name, merged)
+    return batch
 
 
 # ------------------------------------------------------------------------------------------ refusals
@@ -297,20 +317,25 @@ def decode_frame(data: bytes, size: int, max_pixels: int, limits: DecodeLimits |
         raise RowFailure(ErrorCode.IMAGE_DECODE_FAILED, f"{type(exc).__name__}: {exc}") from exc
 
 
-def jpeg_for_encoder(data: bytes, limits: DecodeLimits) -> bool:
+def jpeg_for_encoder(data: bytes, size: int, limits: DecodeLimits) -> bool:
     """Check the header as for any image (raises RowFailure), then say whether the encoder may decode it.
 
     Only JPEGs whose device decode reproduces this module's: RGB or greyscale, upright (torchvision
     applies EXIF orientation on the CPU only), and complete (ending in the end-of-image marker: a
-    truncated file fails here, while a device decoder might fill the rest in grey).
+    truncated file fails here, while a device decoder might fill the rest in grey). Those passed on
+    are first refused as decoding them here would be (too many scans, a decoder over the budget), so
+    a hostile JPEG gets the same error in both places and never reaches the device.
     """
     image = open_checked(data, limits)
-    return (
+    passes = (
         image.format == "JPEG"
         and image.mode in ("RGB", "L")
         and image.getexif().get(EXIF_ORIENTATION, 1) == 1
         and data.endswith(JPEG_END)
     )
+    if passes:
+        check_decoder_budget(image, data, size, limits)
+    return passes
 
 
 def decode_image(data: bytes, size: int, max_pixels: int, limits: DecodeLimits | None = None) -> np.ndarray:
@@ -349,8 +374,9 @@ class DecodeImages:
     `image_uri` values are read only under `uri_prefixes` (none by default), with the byte cap.
     `extras` add their columns from each decoded image's whole frame (nulls for rows without one).
     With `jpeg_to_encoder`, JPEGs the encoder can decode on its device (see `jpeg_for_encoder`)
-    pass through as bytes in an added `jpeg` column, header-checked but not decoded; extras need
-    the frame, so with extras every image is decoded here.
+    pass through as bytes in an added `jpeg` column, header-checked but not decoded; their extras'
+    columns stay null here and the encoder fills them from the frame it makes on its device
+    (`EncodeClip(extras=...)`, given the same extras).
     """
 
     name = "decode"
@@ -373,7 +399,7 @@ class DecodeImages:
         self.reader = UriReader(UriPolicy.from_prefixes(list(uri_prefixes)), max_bytes, storage)
         self.resources = resources
         self.extras = list(extras)
-        self.jpeg_to_encoder = jpeg_to_encoder and not self.extras
+        self.jpeg_to_encoder = jpeg_to_encoder
 
     def setup(self, state: WorkerState) -> None:
         """Nothing to load: decoding is stateless."""
@@ -403,12 +429,8 @@ class DecodeImages:
             batch = batch.drop_columns(["image"])
         for name, values in columns.items():
             batch = set_column(batch, name, pa.array(values, pa.string()) if isinstance(values, list) else values)
-        frames = [outcome[4] for outcome in outcomes]
-        for extra in self.extras:
-            values = [extra(frame) if frame is not None else {} for frame in frames]
-            for name, type_ in extra.columns.items():
-                batch = set_column(batch, name, pa.array([value.get(name) for value in values], type_))
-        return batch
+        frames = {row: outcome[4] for row, outcome in enumerate(outcomes) if outcome[4] is not None}
+        return set_extra_columns(batch, self.extras, frames)
 
     def _row(
         self, image: bytes | None, uri: str | None, text: str | None
@@ -425,7 +447,7 @@ class DecodeImages:
             digest = sha256_hex(data)
             if len(data) > self.max_bytes:
                 raise RowFailure(ErrorCode.IMAGE_TOO_LARGE, f"image is {len(data)} bytes, over {self.max_bytes}")
-            if self.jpeg_to_encoder and jpeg_for_encoder(data, self.limits):
+            if self.jpeg_to_encoder and jpeg_for_encoder(data, self.image_size, self.limits):
                 return digest, None, None, None, None, data
             decoded = decode_frame(data, self.image_size, self.limits.max_pixels, self.limits)
             return digest, decoded.pixels.tobytes(), None, None, decoded.frame, None

@@ -1,12 +1,15 @@
 """CLIP image and text embeddings from one model loaded once per actor.
 
 Image rows are embedded from the decoder's uint8 pixels, or from JPEG bytes decoded here on the
-encoder's device (`device_decode.py`) when the decode tasks passed them through; text (captions
+encoder's device (`device_decode.py`) when the decode tasks passed them through (those rows also
+get the per-image extras' columns here, from frames made on the device); text (captions
 or text-only rows) from the tokenizer. Both are L2-normalised so a dot product is a cosine;
 image–text pairs also get `clip_score`, the cosine between the two (DataComp's filtering signal).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +27,7 @@ from clipline.operators.columns import (
     ok_mask,
     set_column,
 )
+from clipline.operators.decode import FrameExtra, set_extra_columns
 from clipline.operators.device_decode import DeviceJpegDecoder
 from clipline.schemas.config import ModelConfig
 from clipline.schemas.storage import StorageConfig
@@ -42,6 +46,8 @@ class EncodeClip:
     JPEGs that the decode tasks passed through as bytes in `jpeg` are decoded here, on the model's
     device, whatever the configuration said, so no row can pass with neither pixels nor a failure;
     `max_pixels` is the pixel limit for those the device refuses and Pillow decodes instead.
+    `extras` are the decode stage's per-image extras: for the rows decoded here they fill the
+    columns decode left null (null again where the JPEG failed).
     """
 
     name = "encode"
@@ -54,6 +60,7 @@ class EncodeClip:
         storage: StorageConfig | None = None,
         resources: Resources = STATEFUL,
         max_pixels: int = 64_000_000,
+        extras: Sequence[FrameExtra] = (),
     ) -> None:
         self.model_config = model
         self.cpus = cpus
@@ -61,6 +68,7 @@ class EncodeClip:
         self.storage = storage or StorageConfig()
         self.resources = resources
         self.max_pixels = max_pixels
+        self.extras = list(extras)
         self.bundle: ClipBundle | None = None
         self.jpeg_decoder: DeviceJpegDecoder | None = None
 
@@ -71,7 +79,9 @@ class EncodeClip:
         if not reusable or state.clip.device != pick_device(self.device):
             state.clip = load_clip(self.model_config, self.device, self.storage)
         self.bundle = state.clip
-        self.jpeg_decoder = DeviceJpegDecoder(self.bundle.image_size, self.max_pixels, self.bundle.device)
+        self.jpeg_decoder = DeviceJpegDecoder(
+            self.bundle.image_size, self.max_pixels, self.bundle.device, frames=bool(self.extras)
+        )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.bundle is None:
@@ -93,7 +103,7 @@ class EncodeClip:
         return batch.drop_columns([name for name in ("pixels", "jpeg") if name in batch.column_names])
 
     def _images(self, batch: pa.Table) -> tuple[pa.Table, np.ndarray, np.ndarray | torch.Tensor]:
-        """The batch (JPEGs that failed to decode marked failed), the rows to embed, and their pixels in row order.
+        """The batch (JPEGs decoded here: failures marked, extras filled), the rows to embed, their pixels in row order.
 
         Without JPEGs to decode the pixels stay a numpy array (`encode_pixels` copies it to the
         device); with them, one (k, 3, H, W) tensor on the device holds both kinds of row.
@@ -111,10 +121,14 @@ class EncodeClip:
             self.bundle, self._pixels(batch, decoded)
         )
         jpeg_rows = np.flatnonzero(passed)
-        device_pixels, failures = self.jpeg_decoder([jpegs[int(row)].as_py() for row in jpeg_rows])
-        pixels[torch.from_numpy(np.searchsorted(rows, jpeg_rows))] = device_pixels
-        failed = {int(jpeg_rows[i]): (failure.code.value, failure.message) for i, failure in failures.items()}
+        decoded_jpegs = self.jpeg_decoder([jpegs[int(row)].as_py() for row in jpeg_rows])
+        pixels[torch.from_numpy(np.searchsorted(rows, jpeg_rows))] = decoded_jpegs.pixels
+        failed = {
+            int(jpeg_rows[i]): (failure.code.value, failure.message) for i, failure in decoded_jpegs.failures.items()
+        }
         batch = mark_failed(batch, failed)
+        frames = {int(jpeg_rows[i]): frame for i, frame in decoded_jpegs.frames.items()}
+        batch = set_extra_columns(batch, self.extras, frames)
         kept = ~np.isin(rows, list(failed))
         image_rows = np.zeros(batch.num_rows, dtype=bool)
         image_rows[rows[kept]] = True

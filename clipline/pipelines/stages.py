@@ -43,7 +43,7 @@ class EncoderPlan:
 def jpeg_on_encoder(resources: ResourcesConfig, encoders: EncoderPlan) -> bool:
     """`resources.jpeg_decode`: JPEGs decode in the encoder when asked, or by default when it has a GPU.
 
-    Decode still decodes every image itself when it has per-image extras, which need the frame.
+    Per-image extras do not change this: the encoder runs them on the frames it makes itself.
     """
     return resources.jpeg_decode == "encoder" or (resources.jpeg_decode == "auto" and encoders.gpus > 0)
 
@@ -69,6 +69,9 @@ def run_stages(
         batch_size=resources.batch_size,
         stateful=True,
     )
+    # One list for both stages: decode fills the extras' columns for the images it decodes, the
+    # encoder for the JPEGs passed through to it.
+    extras = [PdqHash(), *([FrameThumbnail()] if config.sink.thumbnails else [])]
     stages: list[Stage] = [
         ReadRowGroups(source.columns, source.keep_columns, config.storage, decode_resources),
         DecodeImages(
@@ -79,7 +82,7 @@ def run_stages(
             decode_resources,
             max_aspect=source.max_image_aspect,
             uri_prefixes=source.uri_prefixes(),
-            extras=[PdqHash(), *([FrameThumbnail()] if config.sink.thumbnails else [])],
+            extras=extras,
             jpeg_to_encoder=jpeg_on_encoder(resources, encoders),
         ),
         EncodeClip(
@@ -88,6 +91,7 @@ def run_stages(
             storage=config.storage,
             resources=model_resources,
             max_pixels=source.max_image_pixels,
+            extras=extras,
         ),
     ]
     if policy is not None:

@@ -9,15 +9,24 @@ import torch
 from PIL import Image
 
 from clipline.models.loader import image_size_for
+from clipline.operators import device_decode
 from clipline.operators.base import WorkerState
-from clipline.operators.decode import DecodeImages, RowFailure, decode_image, jpeg_for_encoder
-from clipline.operators.device_decode import DeviceJpegDecoder
+from clipline.operators.decode import (
+    DecodeImages,
+    DecodeLimits,
+    RowFailure,
+    decode_frame,
+    decode_image,
+    jpeg_for_encoder,
+)
+from clipline.operators.device_decode import RESIZE_GROUP, DeviceJpegDecoder, group_length
 from clipline.operators.encode import EncodeClip
 from clipline.schemas.config import ModelConfig
 from clipline.schemas.table import ErrorCode
 from tests.operators.images import asymmetric, encode, png_with_declared_size
 
 MAX_PIXELS = 10**8
+LIMITS = DecodeLimits(max_pixels=MAX_PIXELS)
 # The same tests run on a GPU where there is one (benchmarks/gpu_check.sh runs them first).
 DEVICES = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
 EXIF_ROTATE_90 = 6
@@ -53,9 +62,9 @@ CORRUPT_WITH_END = GOOD_JPEGS["landscape"][:2000] + bytes(range(256)) * 12 + GOO
 @pytest.mark.parametrize("name", list(GOOD_JPEGS))
 def test_device_pixels_match_pillow_within_rounding(name):
     data = GOOD_JPEGS[name]
-    assert jpeg_for_encoder(data, MAX_PIXELS)
+    assert jpeg_for_encoder(data, 224, LIMITS)
     pillow = decode_image(data, 224, MAX_PIXELS).astype(np.int16)
-    pixels, failures = DeviceJpegDecoder(224, MAX_PIXELS, torch.device("cpu"))([data])
+    pixels, failures, _ = DeviceJpegDecoder(224, MAX_PIXELS, torch.device("cpu"))([data])
     device = pixels[0].permute(1, 2, 0).numpy().astype(np.int16)
     assert not failures and device.shape == pillow.shape == (224, 224, 3)
     difference = np.abs(device - pillow)
@@ -68,19 +77,35 @@ def test_device_pixels_match_pillow_within_rounding(name):
     ids=["truncated", "exif-rotated", "cmyk", "png"],
 )
 def test_jpegs_the_device_would_decode_differently_stay_on_the_cpu_path(data):
-    assert not jpeg_for_encoder(data, MAX_PIXELS)
+    assert not jpeg_for_encoder(data, 224, LIMITS)
 
 
 def test_header_checks_run_before_anything_passes_through():
     with pytest.raises(RowFailure) as too_large:
-        jpeg_for_encoder(encode(photo(7, (400, 300)), "JPEG"), max_pixels=1000)
+        jpeg_for_encoder(encode(photo(7, (400, 300)), "JPEG"), 224, DecodeLimits(max_pixels=1000))
     assert too_large.value.code == ErrorCode.IMAGE_TOO_LARGE
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [DecodeLimits(max_pixels=MAX_PIXELS, max_jpeg_scans=3), DecodeLimits(max_pixels=MAX_PIXELS, decode_budget=2**20)],
+    ids=["too-many-scans", "over-the-budget"],
+)
+def test_a_jpeg_the_cpu_path_refuses_never_passes_through(limits):
+    """The progressive JPEG's scans and coefficient buffer are refused before the device would decode it."""
+    data = GOOD_JPEGS["progressive"]
+    with pytest.raises(RowFailure) as passing:
+        jpeg_for_encoder(data, 224, limits)
+    with pytest.raises(RowFailure) as on_cpu:
+        decode_frame(data, 224, MAX_PIXELS, limits)
+    assert passing.value.code == ErrorCode.IMAGE_TOO_LARGE
+    assert (passing.value.code, passing.value.message) == (on_cpu.value.code, on_cpu.value.message)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_a_jpeg_the_device_refuses_gets_pillows_outcome(device):
     decoder = DeviceJpegDecoder(64, MAX_PIXELS, torch.device(device))
-    _, failures = decoder([GOOD_JPEGS["small"], CORRUPT_WITH_END, GOOD_JPEGS["greyscale"]])
+    failures = decoder([GOOD_JPEGS["small"], CORRUPT_WITH_END, GOOD_JPEGS["greyscale"]]).failures
     with pytest.raises(RowFailure) as pillow:
         decode_image(CORRUPT_WITH_END, 64, MAX_PIXELS)
     assert list(failures) == [1]
@@ -144,7 +169,29 @@ def test_device_path_gives_the_cpu_paths_outcomes_and_embeddings(tmp_path, model
 def test_same_size_images_resized_together_match_each_resized_alone():
     same = [encode(photo(seed, (640, 480)), "JPEG") for seed in (10, 11, 12)]
     decoder = DeviceJpegDecoder(224, MAX_PIXELS, torch.device("cpu"))
-    together, _ = decoder([*same, GOOD_JPEGS["portrait"]])
+    together = decoder([*same, GOOD_JPEGS["portrait"]]).pixels
     for index, data in enumerate([*same, GOOD_JPEGS["portrait"]]):
-        alone, _ = decoder([data])
+        alone = decoder([data]).pixels
         assert torch.equal(together[index], alone[0])
+
+
+def test_large_images_resize_in_groups_whose_float_copy_fits_the_bound(monkeypatch):
+    assert group_length((3, 480, 640)) == RESIZE_GROUP
+    assert group_length((3, 3000, 4000)) == 3 and group_length((3, 8000, 8000)) == 1
+    monkeypatch.setattr(device_decode, "GROUP_FLOAT_BYTES", 2 * 4 * 3 * 640 * 480)  # groups of 2, then 1
+    resized_together, fit = [], device_decode.fit_square_tensor
+
+    def fit_and_count(images: torch.Tensor, size: int) -> torch.Tensor:
+        resized_together.append(len(images))
+        return fit(images, size)
+
+    same = [encode(photo(seed, (640, 480)), "JPEG") for seed in (13, 14, 15)]
+    decoder = DeviceJpegDecoder(224, MAX_PIXELS, torch.device("cpu"), frames=True)
+    with monkeypatch.context() as patched:
+        patched.setattr(device_decode, "fit_square_tensor", fit_and_count)
+        grouped = decoder(same)
+    assert resized_together == [2, 1]
+    for index, data in enumerate(same):
+        alone = decoder([data])
+        assert torch.equal(grouped.pixels[index], alone.pixels[0])
+        assert grouped.frames[index].tobytes() == alone.frames[0].tobytes()

@@ -8,6 +8,7 @@ import pyarrow as pa
 from PIL import Image
 
 from clipline.operators.decode import DecodeImages
+from clipline.operators.pdq import PdqHash
 from clipline.operators.thumbnail import FrameThumbnail
 from clipline.pipelines.stages import run_stages
 from clipline.schemas.config import JobConfig
@@ -42,5 +43,5 @@ def test_sink_thumbnails_false_leaves_the_extra_out(tmp_path):
         decode = next(stage for stage in run_stages(config, None) if stage.name == "decode")
         return [type(extra) for extra in decode.extras]
 
-    assert decode_extras(True) == [FrameThumbnail]
-    assert decode_extras(False) == []
+    assert decode_extras(True) == [PdqHash, FrameThumbnail]
+    assert decode_extras(False) == [PdqHash]
