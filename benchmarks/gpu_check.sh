@@ -49,7 +49,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 mkdir -p "$RECORD_DIR"
 
 # GPU decode on CUDA first: same outcomes as the CPU path, embeddings at cosine >= 0.99.
-"$PYTHON" -m pytest -q -p no:cacheprovider tests/operators/test_device_decode.py 2>&1 \
+"$PYTHON" -m pytest -q -p no:cacheprovider tests/operators/test_device_decode.py tests/operators/test_device_extras.py 2>&1 \
   | tee "$WORK_DIR/device-decode-tests.txt" || true
 
 for model in "${MODELS[@]}"; do
