@@ -131,7 +131,11 @@ def write_run(
     summary.wall_s = 2.0
     config = JobConfig.model_validate(
         {
-            "source": {"paths": [str(parquet), *extra_paths]},
+            # Prefixes given: a path carrying credentials (which the manifest must redact) is no prefix.
+            "source": {
+                "paths": [str(parquet), *extra_paths],
+                "allowed_uri_prefixes": [f"{str(input_dir).rstrip('/')}/"],
+            },
             "policy": str(DEMO_POLICY),
             "sink": {"uri": str(db), "table": table},
             "storage": storage.model_dump(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import runpy
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,7 @@ PACKAGING = runpy.run_path(str(WORKTREE / "setup.py"))  # the `.pth` the package
 
 PLAIN_SESSION = """
 import json, site, sys
+sys.path.extend(json.loads(sys.argv[5]))  # run with -S: site-packages on the path, its .pth files unread
 if sys.argv[3] == "installed":
     site.addsitedir(sys.argv[4])  # what start-up does with site-packages' .pth files
 import lancedb
@@ -61,7 +63,9 @@ def plain_session(db: str, query: str, tmp_path: Path, installed: bool = True) -
     (site_dir / PACKAGING["PTH_NAME"]).write_text(PACKAGING["PTH_LINE"])
     env = {**os.environ, "PYTHONPATH": str(WORKTREE)}
     mode = "installed" if installed else "bare"
-    command = [sys.executable, "-c", PLAIN_SESSION, db, query, mode, str(site_dir)]
+    # -S: the environment's own copy of the hook (installed with the package) must not decide the bare case
+    packages = json.dumps(site.getsitepackages())
+    command = [sys.executable, "-S", "-c", PLAIN_SESSION, db, query, mode, str(site_dir), packages]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
 
 
