@@ -58,8 +58,11 @@ start() {
     $(agent_ports) --disable-usage-stats >"$dir/head.log" 2>&1 &
   echo $! >"$dir/head.pid"
   wait_for_nodes 1
+  # The worker node gets its own temp dir, as a second machine would: sharing the head's, its
+  # runtime-env agent re-unpacks the job's working_dir under the running driver (its cwd vanishes).
+  mkdir -p "$dir/w"
   # shellcheck disable=SC2046
-  "$ray_bin" start --block --address="$RAY_GCS_ADDRESS" --node-ip-address=127.0.0.1 \
+  "$ray_bin" start --block --address="$RAY_GCS_ADDRESS" --node-ip-address=127.0.0.1 --temp-dir="$dir/w" \
     --num-cpus="$worker_cpus" $(agent_ports) --disable-usage-stats >"$dir/worker.log" 2>&1 &
   echo $! >"$dir/worker.pid"
   wait_for_nodes 2
