@@ -119,25 +119,48 @@ class NearConfig:
 KIND_NEAR, KIND_PDQ = 1, 2
 
 
-def pair_blocks(
-    queries: pa.Table, corpus: pa.Table, config: NearConfig
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+@dataclass(frozen=True)
+class Points:
+    """A set of rows as the near and perceptual tiers compare them: unit vectors and PDQ words.
+
+    Built once per partition and indexed per bucket with numpy: taking Arrow rows (embeddings
+    and all) bucket by bucket was most of a partition's time.
+    """
+
+    vectors: np.ndarray
+    bits: np.ndarray | None  # (n, 4) PDQ words; None when the perceptual tier does not apply
+    usable: np.ndarray | None  # rows whose PDQ hash is usable
+
+    @classmethod
+    def of(cls, rows: pa.Table, config: NearConfig) -> Points:
+        if config.pdq_distance is None or PDQ not in rows.column_names:
+            return cls(vectors_of(rows), None, None)
+        bits, usable = pdq_words(rows)
+        return cls(vectors_of(rows), bits, usable)
+
+    def subset(self, index: np.ndarray) -> Points:
+        if self.bits is None:
+            return Points(self.vectors[index], None, None)
+        return Points(self.vectors[index], self.bits[index], self.usable[index])
+
+    @property
+    def has_pdq(self) -> bool:
+        return self.usable is not None and bool(self.usable.any())
+
+
+def pair_blocks(queries: Points, corpus: Points, config: NearConfig) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(query index, corpus index, kind bits) of pairs that are near, block by block."""
     found = []
-    q_vectors, c_vectors = vectors_of(queries), vectors_of(corpus)
-    use_pdq = config.pdq_distance is not None and PDQ in queries.column_names and PDQ in corpus.column_names
-    if use_pdq:
-        q_bits, q_has = pdq_words(queries)
-        c_bits, c_has = pdq_words(corpus)
-    for qs in range(0, len(q_vectors), QUERY_BLOCK):
-        for cs in range(0, len(c_vectors), QUERY_BLOCK):
-            kinds = (q_vectors[qs : qs + QUERY_BLOCK] @ c_vectors[cs : cs + QUERY_BLOCK].T >= config.threshold).astype(
-                np.int8
-            ) * KIND_NEAR
+    use_pdq = queries.has_pdq and corpus.has_pdq  # no usable hash on a side: no PDQ pair to find
+    for qs in range(0, len(queries.vectors), QUERY_BLOCK):
+        q_block = slice(qs, qs + QUERY_BLOCK)
+        for cs in range(0, len(corpus.vectors), QUERY_BLOCK):
+            c_block = slice(cs, cs + QUERY_BLOCK)
+            kinds = (queries.vectors[q_block] @ corpus.vectors[c_block].T >= config.threshold).astype(np.int8)
+            kinds *= KIND_NEAR
             if use_pdq:
-                close = cross_distances(q_bits[qs : qs + QUERY_BLOCK], c_bits[cs : cs + QUERY_BLOCK])
-                close = close <= config.pdq_distance
-                close &= q_has[qs : qs + QUERY_BLOCK, None] & c_has[None, cs : cs + QUERY_BLOCK]
+                close = cross_distances(queries.bits[q_block], corpus.bits[c_block]) <= config.pdq_distance
+                close &= queries.usable[q_block, None] & corpus.usable[None, c_block]
                 kinds |= close.astype(np.int8) * KIND_PDQ
             q_index, c_index = np.nonzero(kinds)
             found.append((q_index + qs, c_index + cs, kinds[q_index, c_index]))
@@ -156,6 +179,7 @@ def near_links(
     buckets (id, image_embedding, dup_bucket, first_seen, maybe pdq_hash).
     """
     run_links, table_links = [], []
+    points, history_points = Points.of(members, config), Points.of(history, config)
     primary = members.column("dup_bucket").to_numpy(zero_copy_only=False)
     secondary = members.column("dup_bucket2").to_numpy(zero_copy_only=False)
     history_bucket = history.column("dup_bucket").to_numpy(zero_copy_only=False)
@@ -164,15 +188,14 @@ def near_links(
     for bucket in buckets:
         in_bucket = np.flatnonzero(primary == bucket)
         queries = np.flatnonzero((primary == bucket) | (secondary == bucket))
-        query_rows = members.take(pa.array(queries))
-        for q, c, kind in pair_blocks(query_rows, members.take(pa.array(in_bucket)), config):
+        query_points = points.subset(queries)
+        for q, c, kind in pair_blocks(query_points, points.subset(in_bucket), config):
             later, earlier = queries[q], in_bucket[c]
             keep = ranks[later] > ranks[earlier]
             run_links.append((addrs[later[keep]], addrs[earlier[keep]], ranks[earlier[keep]], kind[keep]))
         in_history = np.flatnonzero(history_bucket == bucket)
         if len(in_history):
-            hist = history.take(pa.array(in_history))
-            for q, c, kind in pair_blocks(query_rows, hist, config):
+            for q, c, kind in pair_blocks(query_points, history_points.subset(in_history), config):
                 table_links.append((addrs[queries[q]], in_history[c], kind))
     return _run_link_table(run_links), _table_link_table(table_links, history)
 

@@ -50,6 +50,11 @@ class LanceLocation:
             return False
         return True
 
+    def count(self, filter: str, version: int | None = None) -> int:
+        """Rows matching `filter`. A filter reads the columns it names (an embedding's nulls are
+        in its data), so the driver asks a task for this rather than scanning the table itself."""
+        return self.open(version).count_rows(filter)
+
     def write(self, rows: pa.Table, schema: pa.Schema) -> list[str]:
         """Write rows as new fragments of this dataset (uncommitted); returns their JSON metadata."""
         fragments = write_fragments(

@@ -183,6 +183,8 @@ def lookup(plan: TailPlan, column: str, values: list[str], columns: list[str], w
     """Table rows (at the tail's version) whose `column` is one of `values`, with row addresses."""
     dataset = plan.table.open(plan.version)
     parts = []
+    if dataset.count_rows() == 0:  # a first run: nothing to look up (a metadata read, no scan)
+        values = []
     for start in range(0, len(values), LOOKUP_BATCH):
         condition = sql_in(column, values[start : start + LOOKUP_BATCH])
         parts.append(
@@ -461,6 +463,11 @@ def run_remote(function, *args):
     return ray.get(ray.remote(function).remote(*args))
 
 
+def count_remote(location: LanceLocation, filter: str, version: int | None = None) -> int:
+    """A filtered row count, counted by a task: the driver never scans rows."""
+    return run_remote(LanceLocation.count, location, filter, version)
+
+
 # --------------------------------------------------------------------------- the driver side
 
 
@@ -482,11 +489,11 @@ def centroids_for(table: ClipTable, staging: LanceLocation, staged_version: int 
     store = CentroidStore(table.sidecars, model_key(table.lance.schema), table.storage)
     latest = store.latest()
     if latest is None:
-        image_rows = table.count_rows(OK_IMAGES) + staging.open().count_rows(OK_IMAGES)
+        table_location = LanceLocation(table.lance.uri, table.storage_options)
+        image_rows = count_remote(staging, OK_IMAGES) + count_remote(table_location, OK_IMAGES, table.version)
         if image_rows == 0:
             return None
         k = bucket_count(image_rows)
-        table_location = LanceLocation(table.lance.uri, table.storage_options)
         sample = ray.remote(sample_images).remote(staging, table_location, sample_size(k))
         latest = run_remote(fit_and_store, table.sidecars, model_key(table.lance.schema), table.storage, sample, k)
     version, uri = latest
@@ -517,7 +524,6 @@ def plan_tail(
     rows = dataset.count_rows()
     group_count = partitions_for(rows, GROUP_ROWS)
     centroids = centroids_for(table, staging, staged_centroids) if dedup.enabled else None
-    image_rows = dataset.count_rows(OK_IMAGES) if centroids else 0
     return TailPlan(
         staging=staging,
         table=LanceLocation(table.lance.uri, table.storage_options),
@@ -526,7 +532,8 @@ def plan_tail(
         version=table.version,
         groups=split_evenly(fragments, group_count) or [[]],
         partitions=partitions_for(rows, PARTITION_ROWS),
-        bucket_partitions=min(centroids.count, partitions_for(image_rows, BUCKET_PARTITION_ROWS)) if centroids else 1,
+        # sized by all staged rows, not counted image rows: a count would scan the embeddings
+        bucket_partitions=min(centroids.count, partitions_for(rows, BUCKET_PARTITION_ROWS)) if centroids else 1,
         file_ranks=ranks,
         dedup=dedup,
         update_existing=update_existing,
@@ -592,9 +599,9 @@ def deduplicate(
 
 def unbucketed_history(plan: TailPlan) -> list[list]:
     """Routing tasks for table canonicals without a bucket (none when every row has one)."""
-    dataset = plan.table.open(plan.version)
-    if dataset.count_rows(f"{HISTORY_CANONICALS} AND dup_bucket IS NULL") == 0:
+    if count_remote(plan.table, f"{HISTORY_CANONICALS} AND dup_bucket IS NULL", plan.version) == 0:
         return []
+    dataset = plan.table.open(plan.version)
     fragments = [fragment.fragment_id for fragment in dataset.get_fragments()]
     groups = split_evenly(fragments, partitions_for(dataset.count_rows(), GROUP_ROWS * 4))
     return [submit(route_unbucketed_history, plan.bucket_partitions, plan, group) for group in groups]
