@@ -27,7 +27,6 @@ import argparse
 import io
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -41,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from benchmarks.tail_data import DIM, Spec, block_rows, truth
+from benchmarks.tail_data import DIM, Spec, block_rows, own_peak_rss_mb, truth
 from clipline.pipelines.run import RunContext, commit_staged, discard_staging
 from clipline.pipelines.sink import StagingSink
 from clipline.pipelines.summary import RunOptions, RunSummary
@@ -155,7 +154,7 @@ def measured_run(args: argparse.Namespace) -> dict:
         "phases_rows_per_s": {
             name: round(rows / max(s, 1e-9), 1) for name, s in {"stage": staged - started, **tail_phases}.items()
         },
-        "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "driver_peak_rss_mb": own_peak_rss_mb(),
         "driver_bytes": staged_bytes + summary.tail["driver_bytes"],
         "driver_bytes_per_block": round((staged_bytes + summary.tail["driver_bytes"]) / len(blocks), 1),
         "dedup": summary.dedup,

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 
 import ray
 from clipline.operators.sink import LanceSink  # the previous release's module
 
-from benchmarks.tail_data import Spec, block_rows
+from benchmarks.tail_data import Spec, block_rows, own_peak_rss_mb
 from clipline.pipelines.dedup import annotate_duplicates  # the previous release's module
 from clipline.schemas.config import DedupConfig, ModelConfig
 
@@ -58,7 +57,7 @@ def main() -> None:
                 "wall_s": round(finished - started, 3),
                 "rows_per_s": round(args.rows / (finished - started), 1),
                 "phases_s": {name: round(seconds, 3) for name, seconds in phases.items()},
-                "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "driver_peak_rss_mb": own_peak_rss_mb(),
                 "driver_bytes": received,
                 "duplicates": counts.duplicates,
             }

@@ -118,3 +118,15 @@ def truth(spec: Spec) -> tuple[list[str], list[str]]:
     groups += [row_id(run, block, original) for run, block, original in targets]
     sources = [f"bench-{spec.run}-{spec.block:05d}.parquet#{index}" for index in range(spec.size)]
     return sources, groups
+
+
+def own_peak_rss_mb() -> float:
+    """This process's peak RSS since it started (VmHWM). Not `ru_maxrss`: Linux carries that over
+    from the parent through fork and exec, so a driver started by a large parent would report the
+    parent's peak."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            key, _, value = line.partition(":")
+            if key == "VmHWM":
+                return round(int(value.split()[0]) / 1024, 1)
+    raise RuntimeError("no VmHWM in /proc/self/status")
