@@ -32,9 +32,9 @@ from clipline.operators.decode import DecodeLimits, RowFailure, decode_frame, de
 from clipline.operators.resample import TRANSPOSE_FOR_ORIENTATION, Plan
 from clipline.schemas.table import ErrorCode
 from tests.operators.decode_reference import reference_frame, reference_horizontal_first
+from tests.operators.images import RED, asymmetric
 
 REPO = Path(__file__).resolve().parents[2]
-RED = (220, 30, 30)
 LIMIT = 64_000_000
 
 
@@ -42,15 +42,6 @@ def encode(image: Image.Image, fmt: str, **options) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **options)
     return buffer.getvalue()
-
-
-def asymmetric(size=(120, 80)) -> Image.Image:
-    width, height = size
-    x = np.linspace(0, 255, width, dtype=np.float32)[None, :].repeat(height, 0)
-    y = np.linspace(0, 255, height, dtype=np.float32)[:, None].repeat(width, 1)
-    array = np.stack([x, y, 255 - x], axis=-1).astype(np.uint8)
-    array[: height // 4, : width // 4] = RED
-    return Image.fromarray(array, "RGB")
 
 
 def textured(size, seed=0) -> Image.Image:
@@ -209,23 +200,6 @@ def test_other_sample_formats_like_before():
     for image in [Image.fromarray(values), Image.fromarray(ramp.astype(">u2")), Image.fromarray(ramp / 50.0)]:
         data = encode(image.convert("F") if image.mode == "F" else image, "TIFF")
         assert np.array_equal(reference_decode(data, 32), decode_image(data, 32, LIMIT)), image.mode
-
-
-def test_transparency_on_white():
-    image = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
-    image.paste((*RED, 255), (0, 0, 20, 40))
-    pixels = decode_image(encode(image, "PNG"), 40, LIMIT)
-    assert tuple(pixels[20, 35]) == (255, 255, 255)
-    assert tuple(pixels[20, 5]) == RED
-
-
-def test_palette_transparency_on_white():
-    image = Image.new("P", (40, 40), 0)
-    image.putpalette([0, 0, 0, *RED] + [0] * 762)
-    image.paste(1, (0, 0, 20, 40))
-    pixels = decode_image(encode(image, "PNG", transparency=0), 40, LIMIT)
-    assert tuple(pixels[20, 35]) == (255, 255, 255)
-    assert tuple(pixels[20, 5]) == RED
 
 
 def test_cmyk_jpeg():
