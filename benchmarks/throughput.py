@@ -16,7 +16,7 @@ On the same generated JPEG parquet (captioned photos; see benchmarks/inputs.py) 
   moderation
     moderate       `embed` with a policy of >= `--prompts` prompts, prompt embeddings already cached;
                    the first run with the policy, which encodes the prompts, is timed once (`moderate_cold`)
-    write          LanceDB staging + one merge commit of the same number of rows, alone
+    write          Lance staging + the tail (identity, dedup, one commit) of the same number of rows, alone
 
 plus Ray Data's overhead per batch through an actor pool that does nothing. The stages run in
 `--repeats` rounds, interleaved (every stage of every image size once per round) so that a slow
@@ -74,7 +74,7 @@ STAGES = {
     "bare_captions": ("bare loop, image + text towers + clip_score", "bare loop\n+ captions", "reference"),
     "captions": ("clipline, captions (default)", "clipline\n+ captions", "clipline"),
     "moderate": ("clipline + policy, prompts cached", "clipline\n+ policy", "clipline"),
-    "write": ("Lance staging + merge commit only", "", "write"),
+    "write": ("Lance staging + tail + commit only", "", "write"),
 }
 COLD = ("  first run, prompts encoded", "first run,\nprompts encoded", "clipline")
 # ratio → (reference stage, clipline stage): reference seconds / clipline seconds, so > 1 = clipline faster.
