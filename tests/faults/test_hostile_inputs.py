@@ -15,7 +15,6 @@ import http.server
 import io
 import json
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -31,6 +30,7 @@ from benchmarks import hostile_corpus
 from benchmarks.decode_memory import measure
 from clipline.pipelines.run import run_job
 from clipline.schemas.config import JobConfig
+from tests.loopback import serving
 
 BUDGET_MIB = 256
 NOT_ALLOWED = ("failed", "uri_not_allowed")
@@ -76,12 +76,8 @@ def noise(width: int, height: int, seed: int) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def web():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    with serving(Recorder) as port:
+        yield port
 
 
 def uri_rows(root: Path, port: int) -> list[Row]:

@@ -11,7 +11,6 @@ import hashlib
 import http.server
 import os
 import socket
-import threading
 import time
 from typing import ClassVar
 
@@ -21,6 +20,7 @@ from clipline.operators import uri_policy as up
 from clipline.operators.failures import RowFailure
 from clipline.operators.uri_policy import NotAllowed, UriPolicy, UriReader
 from clipline.schemas.storage import StorageConfig
+from tests.loopback import serving
 
 CAP = 4096
 
@@ -343,12 +343,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def web():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    with serving(_Handler) as port:
+        yield port
 
 
 def test_http_only_when_listed(web):
