@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from benchmarks.tail_data import DIM, Spec, block_rows, own_peak_rss_mb, truth
+from benchmarks.tail_data import DIM, Spec, generate_block, own_peak_rss_mb, specs, truth
 from clipline.pipelines.run import RunContext, commit_staged, discard_staging
 from clipline.pipelines.sink import StagingSink
 from clipline.pipelines.summary import RunOptions, RunSummary
@@ -58,18 +58,6 @@ def job(db: str, run: int) -> JobConfig:
     return JobConfig.model_validate(
         {"source": {"paths": ["bench"]}, "model": MODEL, "sink": {"uri": db}, "run_id": f"bench-run-{run}"}
     )
-
-
-def specs(rows: int, run: int, block_rows_: int, dup_fraction: float, history_blocks: int, seed: int) -> list[Spec]:
-    blocks = max(1, -(-rows // block_rows_))
-    sizes = [block_rows_] * (blocks - 1) + [rows - block_rows_ * (blocks - 1)]
-    return [Spec(seed, run, block, size, dup_fraction, history_blocks) for block, size in enumerate(sizes)]
-
-
-@ray.remote
-def generate_block(spec: Spec) -> pa.Table:
-    """A block's rows, made before the clock starts: they stand for encoder output in the object store."""
-    return block_rows(spec)
 
 
 @ray.remote(num_cpus=0.25)
@@ -129,7 +117,7 @@ def measured_run(args: argparse.Namespace) -> dict:
         len(specs(args.history, HISTORY_RUN, args.block_rows, args.dup_fraction, 0, args.seed)) if args.history else 0
     )
     blocks = specs(args.one_rows, args.one_run, args.block_rows, args.dup_fraction, history_blocks, args.seed)
-    generated = [generate_block.remote(spec) for spec in blocks]
+    generated = [generate_block.remote(spec) for spec in blocks]  # before the clock starts
     ray.wait(generated, num_returns=len(generated), fetch_local=False)
     started = time.perf_counter()
     fragments, files, staged_bytes = stage(run, generated)

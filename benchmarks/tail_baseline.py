@@ -15,14 +15,9 @@ import time
 import ray
 from clipline.operators.sink import LanceSink  # the previous release's module
 
-from benchmarks.tail_data import Spec, block_rows, own_peak_rss_mb
+from benchmarks.tail_data import generate_block, own_peak_rss_mb, specs
 from clipline.pipelines.dedup import annotate_duplicates  # the previous release's module
 from clipline.schemas.config import DedupConfig, ModelConfig
-
-
-@ray.remote
-def generate(spec: Spec):
-    return block_rows(spec)
 
 
 def main() -> None:
@@ -33,14 +28,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     ray.init(address=args.address, log_to_driver=False)
-    blocks = -(-args.rows // args.block_rows)
-    sizes = [args.block_rows] * (blocks - 1) + [args.rows - args.block_rows * (blocks - 1)]
-    specs = [Spec(args.seed, 1, block, size, args.dup_fraction, 0) for block, size in enumerate(sizes)]
+    blocks = specs(args.rows, 1, args.block_rows, args.dup_fraction, 0, args.seed)
     sink = LanceSink(args.db, "media", 512, ModelConfig(arch="ViT-B-32", pretrained="none"), "baseline")
     sink.setup()
     started = time.perf_counter()
     received = 0
-    for ref in [generate.remote(spec) for spec in specs]:
+    for ref in [generate_block.remote(spec) for spec in blocks]:
         rows = ray.get(ref)
         received += rows.nbytes
         sink.stage(rows)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import ray
 
 DIM = 512
 CENTRES = 1000
@@ -108,6 +109,19 @@ def block_rows(spec: Spec) -> pa.Table:
             "decision": ["allow"] * spec.size,
         }
     )
+
+
+def specs(rows: int, run: int, block_rows_: int, dup_fraction: float, history_blocks: int, seed: int) -> list[Spec]:
+    """One run's blocks of `block_rows_` rows (the last one shorter): what the writer tasks get."""
+    blocks = max(1, -(-rows // block_rows_))
+    sizes = [block_rows_] * (blocks - 1) + [rows - block_rows_ * (blocks - 1)]
+    return [Spec(seed, run, block, size, dup_fraction, history_blocks) for block, size in enumerate(sizes)]
+
+
+@ray.remote
+def generate_block(spec: Spec) -> pa.Table:
+    """A block's rows, made by a task: they stand for encoder output in the object store."""
+    return block_rows(spec)
 
 
 def truth(spec: Spec) -> tuple[list[str], list[str]]:
