@@ -463,6 +463,11 @@ def run_remote(function, *args):
     return ray.get(ray.remote(function).remote(*args))
 
 
+def location_of(table: ClipTable) -> LanceLocation:
+    """The table's dataset as tasks open it (the table room cannot name the pipelines' LanceLocation)."""
+    return LanceLocation(table.lance.uri, table.storage_options)
+
+
 def count_remote(location: LanceLocation, filter: str, version: int | None = None) -> int:
     """A filtered row count, counted by a task: the driver never scans rows."""
     return run_remote(LanceLocation.count, location, filter, version)
@@ -489,7 +494,7 @@ def centroids_for(table: ClipTable, staging: LanceLocation, staged_version: int 
     store = CentroidStore(table.sidecars, model_key(table.lance.schema), table.storage)
     latest = store.latest()
     if latest is None:
-        table_location = LanceLocation(table.lance.uri, table.storage_options)
+        table_location = location_of(table)
         image_rows = count_remote(staging, OK_IMAGES) + count_remote(table_location, OK_IMAGES, table.version)
         if image_rows == 0:
             return None
@@ -526,7 +531,7 @@ def plan_tail(
     centroids = centroids_for(table, staging, staged_centroids) if dedup.enabled else None
     return TailPlan(
         staging=staging,
-        table=LanceLocation(table.lance.uri, table.storage_options),
+        table=location_of(table),
         table_schema=table.lance.schema,
         storage=table.storage,
         version=table.version,
